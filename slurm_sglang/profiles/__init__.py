@@ -1,0 +1,1 @@
+"""Built-in cluster profiles (YAML files beside this module)."""

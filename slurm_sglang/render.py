@@ -1,0 +1,157 @@
+"""Rendering: a cluster profile becomes a frozen template context, then a bash script.
+
+Templates only place values; every decision is made here, in Python. Values reach the script
+through one filter, ``q`` (shlex.quote), so quoting happens exactly once.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+
+from slurm_sglang import __version__
+from slurm_sglang.profile import ClusterProfile, ContainerSettings, FabricSettings
+
+# Top-level templates/ of the source tree, beside the package.
+BUILTIN_TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
+TEMPLATE_DIR_ENV = "SLURM_SGLANG_TEMPLATE_DIR"
+MAIN_TEMPLATE = "run.sbatch.j2"
+DEFAULT_IMAGE_NAME = "sglang-serve-latest.tar.gz"
+
+# enroot runs through pyxis and apptainer/none start processes directly; podman shares docker's.
+RUNTIME_PARTIALS = {
+    "docker": "docker",
+    "podman": "docker",
+    "enroot": "enroot",
+    "apptainer": "apptainer",
+    "none": "none",
+}
+
+
+class RenderError(RuntimeError):
+    """A template that cannot be rendered (missing partial, undefined value)."""
+
+
+@dataclass(frozen=True)
+class RenderContext:
+    """Everything a template may place; built from the profile, never read from globals."""
+
+    version: str
+    profile_name: str
+    runtime: str
+    runtime_partial: str
+    fabric_kind: str
+    gpus_per_node: int
+    sbatch_directives: tuple[str, ...]
+    default_image: str
+    container_mount: str
+    workspace: str
+    logs_subdir: str
+    preflight_check_gpus: bool
+    preflight_min_free_disk_gb: str
+    container: ContainerSettings
+    fabric: FabricSettings
+
+
+def sbatch_directives(profile: ClusterProfile, nodes: int | None = None) -> tuple[str, ...]:
+    """The #SBATCH lines the profile asks for, in a stable order."""
+    slurm = profile.slurm
+    lines = ["--job-name=sglang"]
+    if nodes:
+        lines.append(f"--nodes={nodes}")
+    for option, value in (
+        ("partition", slurm.partition),
+        ("account", slurm.account),
+        ("qos", slurm.qos),
+        ("time", slurm.time),
+        ("constraint", slurm.constraint),
+    ):
+        if value:
+            lines.append(f"--{option}={value}")
+    if slurm.gpus_per_node and slurm.gres_style == "gpus-per-node":
+        lines.append(f"--gpus-per-node={slurm.gpus_per_node}")
+    elif slurm.gpus_per_node and slurm.gres_style == "gres":
+        lines.append(f"--gres=gpu:{slurm.gpus_per_node}")
+    lines.append("--ntasks-per-node=1")
+    if slurm.exclusive:
+        lines.append("--exclusive")
+    if slurm.requeue:
+        lines.append("--requeue")
+    lines.extend(slurm.extra_directives)
+    return tuple(lines)
+
+
+def build_context(profile: ClusterProfile, nodes: int | None = None) -> RenderContext:
+    """Turn a validated profile into the frozen context the templates read."""
+    return RenderContext(
+        version=__version__,
+        profile_name=profile.name,
+        runtime=profile.container.runtime,
+        runtime_partial=RUNTIME_PARTIALS[profile.container.runtime],
+        fabric_kind=profile.fabric.kind,
+        gpus_per_node=profile.slurm.gpus_per_node,
+        sbatch_directives=sbatch_directives(profile, nodes),
+        default_image=profile.container.image or DEFAULT_IMAGE_NAME,
+        container_mount=profile.paths.container_mount,
+        workspace=profile.paths.workspace,
+        logs_subdir=profile.paths.logs,
+        preflight_check_gpus=profile.preflight.check_gpus and profile.preflight.enabled,
+        preflight_min_free_disk_gb=f"{profile.preflight.min_free_disk_gb:g}",
+        container=profile.container,
+        fabric=profile.fabric,
+    )
+
+
+def template_search_path(profile: ClusterProfile) -> list[Path]:
+    """Admin override directories first (profile, then environment), built-ins last."""
+    paths: list[Path] = []
+    if profile.template_dir:
+        paths.append(Path(profile.template_dir).expanduser())
+    env_dir = os.environ.get(TEMPLATE_DIR_ENV, "")
+    if env_dir:
+        paths.extend(Path(part).expanduser() for part in env_dir.split(os.pathsep) if part)
+    paths.append(BUILTIN_TEMPLATE_DIR)
+    return paths
+
+
+def make_environment(search_path: list[Path]) -> jinja2.Environment:
+    """One Jinja environment: StrictUndefined, trimmed blocks, and the single quoting filter."""
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader([str(path) for path in search_path]),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+        # bash's ${#array[@]} would open a Jinja comment; templates comment with {## ... ##}.
+        comment_start_string="{##",
+        comment_end_string="##}",
+    )
+    env.filters["q"] = lambda value: shlex.quote(str(value))
+    return env
+
+
+def render_script(profile: ClusterProfile, nodes: int | None = None) -> str:
+    """Render run.sbatch for this profile."""
+    env = make_environment(template_search_path(profile))
+    try:
+        template = env.get_template(MAIN_TEMPLATE)
+        text = template.render(ctx=build_context(profile, nodes))
+    except jinja2.TemplateNotFound as exc:
+        raise RenderError(f"template {exc.name} not found in {template_search_path(profile)}") from exc
+    except jinja2.UndefinedError as exc:
+        raise RenderError(f"template error: {exc.message}") from exc
+    return text
+
+
+def write_script(text: str, path: Path) -> None:
+    """Write a rendered script atomically and make it executable."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.chmod(0o755)
+    tmp.replace(path)
