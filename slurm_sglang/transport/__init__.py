@@ -1,0 +1,89 @@
+"""One chokepoint for commands, files and TCP streams: here (LocalTransport) or over SSH.
+
+Everything that runs a program or touches a file where jobs live goes through a Transport;
+`transport_for` picks one from the CLI's `--ssh` value."""
+
+from __future__ import annotations
+
+import os
+
+from slurm_sglang.transport.base import (
+    AuthError,
+    CommandError,
+    CommandNotFoundError,
+    CommandResult,
+    CommandTimeoutError,
+    ConnectError,
+    ConnectRefusedError,
+    ConnectTimeoutError,
+    DiskFullError,
+    FileAccessError,
+    FileMissingError,
+    FilePermissionError,
+    HostKeyChangedError,
+    HostKeyError,
+    HostResolutionError,
+    SSHConfigError,
+    Stream,
+    Transport,
+    TransportError,
+    TunnelError,
+    UnknownHostKeyError,
+)
+from slurm_sglang.transport.local import LocalTransport
+from slurm_sglang.transport.ssh import SSHTransport
+from slurm_sglang.transport.tunnel import Tunnel, open_tunnel
+
+
+def transport_for(
+    ssh: str | None,
+    *,
+    user: str | None = None,
+    port: int | None = None,
+    identity_file: str | os.PathLike[str] | None = None,
+    trust_new_host: bool = False,
+    config_path: str | os.PathLike[str] = "~/.ssh/config",
+    known_hosts: str | os.PathLike[str] = "~/.ssh/known_hosts",
+) -> Transport:
+    """LocalTransport when ssh is None, else an SSHTransport to '[user@]host[:port]' or an alias."""
+    if ssh is None:
+        return LocalTransport()
+    return SSHTransport(
+        ssh,
+        user=user,
+        port=port,
+        identity_file=identity_file,
+        trust_new_host=trust_new_host,
+        config_path=config_path,
+        known_hosts=known_hosts,
+    )
+
+
+__all__ = [
+    "AuthError",
+    "CommandError",
+    "CommandNotFoundError",
+    "CommandResult",
+    "CommandTimeoutError",
+    "ConnectError",
+    "ConnectRefusedError",
+    "ConnectTimeoutError",
+    "DiskFullError",
+    "FileAccessError",
+    "FileMissingError",
+    "FilePermissionError",
+    "HostKeyChangedError",
+    "HostKeyError",
+    "HostResolutionError",
+    "LocalTransport",
+    "SSHConfigError",
+    "SSHTransport",
+    "Stream",
+    "Transport",
+    "TransportError",
+    "Tunnel",
+    "TunnelError",
+    "UnknownHostKeyError",
+    "open_tunnel",
+    "transport_for",
+]

@@ -1,0 +1,140 @@
+"""LocalTransport: commands through subprocess (argument lists, never a shell), files on disk."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shlex
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+
+from slurm_sglang.transport.base import (
+    CommandResult,
+    CommandTimeoutError,
+    Stream,
+    TunnelError,
+    check_env_names,
+    file_error,
+    raise_for_result,
+)
+
+logger = logging.getLogger("slurm_sglang.transport")
+
+
+class LocalTransport:
+    """Runs commands and touches files on this machine."""
+
+    where = "this machine"
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        check: bool = True,
+        input: str | None = None,
+        timeout: float | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> CommandResult:
+        """Run argv without a shell; env is added to this process's environment."""
+        argv = tuple(argv)
+        if not argv:
+            raise ValueError("empty command")
+        full_env = None
+        if env:
+            check_env_names(env)
+            full_env = {**os.environ, **env}
+        logger.debug(
+            "local: %s%s", shlex.join(argv), f" (env: {', '.join(sorted(env))})" if env else ""
+        )
+        try:
+            completed = subprocess.run(
+                argv,
+                input=input,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                env=full_env,
+                check=False,
+            )
+        except FileNotFoundError:
+            # The same code and words a shell gives, so callers see one behaviour everywhere.
+            result = CommandResult(argv, 127, "", f"{argv[0]}: command not found\n")
+        except subprocess.TimeoutExpired:
+            raise CommandTimeoutError(argv, timeout or 0.0, self.where) from None
+        else:
+            result = CommandResult(argv, completed.returncode, completed.stdout, completed.stderr)
+        if check:
+            raise_for_result(result, self.where)
+        return result
+
+    def write_text(self, path: str, text: str, mode: int = 0o644) -> None:
+        """Write text atomically: a temporary file beside path, then rename over it."""
+        target = os.path.expanduser(path)
+        directory = os.path.dirname(os.path.abspath(target))
+        logger.debug("local: write %s (%d bytes)", target, len(text))
+        with _file_errors(target):
+            handle, tmp_path = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+            try:
+                with os.fdopen(handle, "w", encoding="utf-8") as tmp_file:
+                    tmp_file.write(text)
+                os.chmod(tmp_path, mode)
+                os.replace(tmp_path, target)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp_path)
+                raise
+
+    def read_text(self, path: str) -> str:
+        """Return the content of path as text."""
+        target = os.path.expanduser(path)
+        with _file_errors(target), open(target, encoding="utf-8") as source:
+            return source.read()
+
+    def read_bytes_from(self, path: str, offset: int) -> bytes:
+        """Return the bytes of path from offset to its current end."""
+        target = os.path.expanduser(path)
+        with _file_errors(target), open(target, "rb") as source:
+            source.seek(offset)
+            return source.read()
+
+    def exists(self, path: str) -> bool:
+        """Whether path exists."""
+        return os.path.exists(os.path.expanduser(path))
+
+    def makedirs(self, path: str) -> None:
+        """Create path and its parents."""
+        target = os.path.expanduser(path)
+        with _file_errors(target):
+            os.makedirs(target, exist_ok=True)
+
+    def home(self) -> str:
+        """This user's home directory."""
+        return os.path.expanduser("~")
+
+    def describe(self) -> str:
+        """Always 'local'."""
+        return "local"
+
+    def open_stream(self, host: str, port: int, timeout: float | None = None) -> Stream:
+        """A plain TCP connection from this machine."""
+        try:
+            connection = socket.create_connection((host, port), timeout=timeout)
+        except OSError as error:
+            raise TunnelError(f"cannot reach {host}:{port} from this machine: {error}") from None
+        connection.settimeout(None)
+        return connection
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+@contextlib.contextmanager
+def _file_errors(path: str, where: str = "this machine") -> Iterator[None]:
+    """Turn OSError into the FileAccessError subclass that names the cause."""
+    try:
+        yield
+    except OSError as error:
+        raise file_error(error.errno, path, where, error.strerror or str(error)) from None
