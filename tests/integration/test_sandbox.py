@@ -1,0 +1,152 @@
+"""The sandbox behaves like a real multi-node GPU cluster, and `down` leaves nothing behind."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+import pytest
+
+from slurm_sglang.sandbox import snapshot
+from slurm_sglang.sandbox.cluster import sandbox_down, sandbox_status, sandbox_up
+from slurm_sglang.sandbox.image import IMAGE_REPOSITORY
+from slurm_sglang.sandbox.layout import SandboxInfo
+from slurm_sglang.sandbox.nodes import containers_on, node_exec
+
+pytestmark = pytest.mark.cluster
+
+JOB_TIMEOUT = 180
+
+
+def slurm(argv: list[str]) -> str:
+    """Run a SLURM client command from the host; its stdout (fails the test on error)."""
+    completed = subprocess.run(
+        argv, capture_output=True, text=True, timeout=JOB_TIMEOUT, check=False
+    )
+    assert completed.returncode == 0, f"{argv} failed: {completed.stderr}"
+    return completed.stdout
+
+
+def labelled(output: str) -> dict[int, str]:
+    """Task id -> text of `srun --label` output, one line per task."""
+    lines = (line.split(":", 1) for line in output.splitlines() if ":" in line)
+    return {int(task): text.strip() for task, text in lines}
+
+
+@pytest.mark.parametrize("node_count", [2, 4])
+def test_srun_reaches_distinct_nodes(sandbox: SandboxInfo, node_count: int) -> None:
+    if node_count > len(sandbox.nodes):
+        pytest.skip(f"sandbox has {len(sandbox.nodes)} nodes")
+    names = labelled(slurm(["srun", "-N", str(node_count), "--label", "hostname"]))
+    addresses = labelled(slurm(["srun", "-N", str(node_count), "--label", "hostname", "-I"]))
+
+    assert len(set(names.values())) == node_count
+    assert set(names.values()) <= set(sandbox.nodes)
+    assert len(set(addresses.values())) == node_count
+    assert set(addresses.values()) <= set(sandbox.addresses.values())
+
+
+def test_node_sees_its_own_hostname_and_address(sandbox: SandboxInfo) -> None:
+    for node in sandbox.nodes:
+        assert node_exec(node, ["hostname"]).stdout.strip() == node
+        assert node_exec(node, ["hostname", "-I"]).stdout.split() == [sandbox.addresses[node]]
+
+
+def test_exclusive_gpu_allocation_sets_cuda_visible_devices(sandbox: SandboxInfo) -> None:
+    gpus = sandbox.gpus_per_node
+    output = slurm(
+        [
+            "salloc",
+            "-N",
+            "2",
+            f"--gpus-per-node={gpus}",
+            "--exclusive",
+            "--immediate=120",
+            "srun",
+            "--label",
+            "env",
+        ]
+    )
+    per_task: dict[int, dict[str, str]] = {}
+    for line in output.splitlines():
+        task, _, assignment = line.partition(": ")
+        name, _, value = assignment.partition("=")
+        if task.strip().isdigit() and name:
+            per_task.setdefault(int(task), {})[name] = value
+
+    expected = ",".join(str(index) for index in range(gpus))
+    assert len(per_task) == 2
+    for env in per_task.values():
+        assert env["CUDA_VISIBLE_DEVICES"] == expected
+        assert env["SLURM_GPUS_PER_NODE"] == str(gpus)
+    assert len({env["SLURMD_NODENAME"] for env in per_task.values()}) == 2
+
+
+def has_image(node: str, image_id: str) -> bool:
+    """Whether node's podman storage holds the image."""
+    return node_exec(node, ["podman", "image", "exists", image_id], check=False).returncode == 0
+
+
+def test_podman_load_in_job_step_fills_only_that_node(sandbox: SandboxInfo) -> None:
+    assert sandbox.image_tarball is not None and sandbox.image_id, "sandbox up built no image"
+    tag = sandbox.image_id
+    target = next((node for node in reversed(sandbox.nodes) if not has_image(node, tag)), None)
+    if target is None:
+        pytest.skip("every node already holds the image; nothing to load")
+    holders_before = {node for node in sandbox.nodes if has_image(node, tag)}
+
+    started = time.monotonic()
+    decompress = subprocess.Popen(
+        ["pigz", "-dc", str(sandbox.image_tarball)], stdout=subprocess.PIPE
+    )
+    load = subprocess.run(
+        ["srun", "-N", "1", "-w", target, "podman", "load"],
+        stdin=decompress.stdout,
+        capture_output=True,
+        text=True,
+        timeout=JOB_TIMEOUT,
+        check=False,
+    )
+    assert decompress.stdout is not None
+    decompress.stdout.close()
+    decompress.wait()
+    print(f"podman load on {target}: {time.monotonic() - started:.1f} s")
+    try:
+        assert load.returncode == 0, load.stderr
+        assert f"{IMAGE_REPOSITORY}:" in load.stdout
+        holders_after = {node for node in sandbox.nodes if has_image(node, tag)}
+        assert holders_after == holders_before | {target}
+        host = subprocess.run(["podman", "image", "exists", tag], check=False)
+        assert host.returncode != 0, "the host's own podman storage must not hold the image"
+        assert containers_on(target, label="slurm-sglang.test=none") == []
+    finally:
+        node_exec(target, ["podman", "rmi", tag], check=False)
+
+
+def queue_is_empty() -> bool:
+    """Whether no job is queued or running (so cycling the sandbox harms nobody)."""
+    return slurm(["squeue", "-h", "-o", "%i"]).strip() == ""
+
+
+def test_down_then_up_leaves_the_machine_as_before(sandbox: SandboxInfo) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("cycling the sandbox needs root")
+    if not queue_is_empty():
+        pytest.skip("jobs are running on the sandbox; not cycling it under them")
+    shape = (len(sandbox.nodes), sandbox.gpus_per_node)
+    try:
+        sandbox_down()
+        before = snapshot.take()
+        info = sandbox_up(*shape)
+        while_up = snapshot.take()
+        assert slurm(["srun", "-N", str(shape[0]), "hostname"]).split()
+        sandbox_down()
+        after = snapshot.take()
+    finally:
+        sandbox_up(*shape)
+
+    assert set(info.nodes) <= set(while_up["netns"]), "up created no namespaces?"
+    assert "sbxbr0" in while_up["links"]
+    assert snapshot.differences(before, after) == {}
+    assert sandbox_status() is not None
