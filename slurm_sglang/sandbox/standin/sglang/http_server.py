@@ -1,0 +1,209 @@
+"""The HTTP side: the head's API server and the worker ranks' dummy health server.
+
+Threaded stdlib http.server speaking HTTP/1.1 with keep-alive and chunked server-sent
+events, so OpenAI clients and sglang-router can use it as they use sglang's uvicorn.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from .api_shapes import DONE, Body, ChatJob, CompletionJob, RequestError, error_body
+from .native_shapes import GenerateJob
+from .service import HeadService
+from .standin_log import fatal, log
+
+FLUSH_CACHE_TEXT = (
+    "Cache flushed.\nPlease check backend logs for more details. (When there are running or "
+    "waiting requests, the operation will not be performed.)\n"
+)
+
+
+class StandinHTTPServer(ThreadingHTTPServer):
+    """A threaded server with a deep accept queue, on IPv4 or IPv6 as --host says."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 512
+
+    def __init__(self, host: str, port: int, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        super().__init__((host, port), handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Shared plumbing: JSON and SSE replies, each with the X-Standin-Node header."""
+
+    protocol_version = "HTTP/1.1"
+    server_version = "uvicorn"
+    sys_version = ""
+    node_name = ""
+    server_name = ""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Access logs stay off, as sglang's are unless --log-requests."""
+
+    def _start(self, status: int, content_type: str | None, length: int | None) -> None:
+        self.send_response(status)
+        if content_type is not None:
+            self.send_header("Content-Type", content_type)
+        if length is None:
+            self.send_header("Transfer-Encoding", "chunked")
+            self.send_header("Cache-Control", "no-cache")
+        else:
+            self.send_header("Content-Length", str(length))
+        self.send_header("X-Standin-Node", self.node_name)
+        self.send_header("X-Standin-Server", self.server_name)
+        self.end_headers()
+
+    def reply_bytes(self, status: int, data: bytes, content_type: str | None) -> None:
+        """Send a complete response with a body (possibly empty)."""
+        self._start(status, content_type, len(data))
+        self.wfile.write(data)
+
+    def reply_json(self, status: int, body: Any) -> None:
+        """Send a JSON response."""
+        self.reply_bytes(status, json.dumps(body).encode(), "application/json")
+
+    def reply_events(self, events: Iterator[Body | str]) -> None:
+        """Stream server-sent events in HTTP chunks; stop quietly if the client leaves."""
+        self._start(200, "text/event-stream", None)
+        try:
+            for event in events:
+                payload = event if event == DONE else json.dumps(event)
+                data = f"data: {payload}\n\n".encode()
+                self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+                self.wfile.flush()
+            self.wfile.write(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+    def read_body(self) -> bytes:
+        """Read the request body (Content-Length or chunked)."""
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            parts: list[bytes] = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    self.rfile.readline()
+                    return b"".join(parts)
+                parts.append(self.rfile.read(size))
+                self.rfile.readline()
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+
+class WorkerHealthHandler(_Handler):
+    """sglang's launch_dummy_health_check_server: 200 once this node has loaded."""
+
+    def do_GET(self) -> None:
+        """Answer /health, /health_generate and /ping with 200."""
+        if self.path.split("?")[0] in ("/health", "/health_generate", "/ping"):
+            self.reply_bytes(200, b"", None)
+        else:
+            self.reply_json(404, {"detail": "Not Found"})
+
+
+class HeadHandler(_Handler):
+    """The head's API: health, model and server info, OpenAI and native generation."""
+
+    service: HeadService
+
+    def do_GET(self) -> None:
+        """Route GET requests."""
+        self._route("GET")
+
+    def do_POST(self) -> None:
+        """Route POST requests."""
+        self._route("POST")
+
+    def _route(self, method: str) -> None:
+        path = self.path.split("?")[0].rstrip("/") or "/"
+        body = self.read_body() if method == "POST" else b""
+        if path.startswith("/health"):
+            if path not in ("/health", "/health_generate"):
+                self.reply_json(404, {"detail": "Not Found"})
+            else:
+                self.reply_bytes(200 if self.service.ready.is_set() else 503, b"", None)
+            return
+        if not self.service.authorized(self.headers.get("Authorization")):
+            self.reply_json(401, {"error": "Unauthorized"})
+            return
+        gets: dict[str, Callable[[], Any]] = {
+            "/v1/models": self.service.models,
+            "/model_info": self.service.model_info,
+            "/get_model_info": self.service.model_info,
+            "/server_info": self.service.server_info,
+            "/get_server_info": self.service.server_info,
+        }
+        posts: dict[str, Callable[[Body], None]] = {
+            "/v1/completions": self._completions,
+            "/v1/chat/completions": self._chat,
+            "/generate": self._generate,
+        }
+        if path == "/flush_cache":
+            self.reply_bytes(200, FLUSH_CACHE_TEXT.encode(), "text/plain; charset=utf-8")
+        elif path in gets and method == "GET":
+            self.reply_json(200, gets[path]())
+        elif path in posts and method == "POST":
+            self._generation(posts[path], body)
+        elif path in gets or path in posts:
+            self.reply_json(405, {"detail": "Method Not Allowed"})
+        else:
+            self.reply_json(404, {"detail": "Not Found"})
+
+    def _generation(self, endpoint: Callable[[Body], None], raw: bytes) -> None:
+        try:
+            request = json.loads(raw or b"{}")
+            if not isinstance(request, dict):
+                raise RequestError("the request body must be a JSON object")
+            endpoint(request)
+        except json.JSONDecodeError as error:
+            self.reply_json(400, error_body(f"invalid JSON body: {error}"))
+        except RequestError as error:
+            self.reply_json(400, error_body(str(error)))
+
+    def _pace(self, tokens: int) -> None:
+        if self.service.token_seconds > 0:
+            time.sleep(self.service.token_seconds * tokens)
+
+    def _completions(self, request: Body) -> None:
+        job = CompletionJob.from_body(request, self.service.name, self.service.context_length)
+        if job.stream:
+            self.reply_events(job.events(self._pace))
+        else:
+            self.reply_json(200, job.response(self._pace))
+
+    def _chat(self, request: Body) -> None:
+        job = ChatJob.from_body(request, self.service.name, self.service.context_length)
+        if job.stream:
+            self.reply_events(job.events(self._pace))
+        else:
+            self.reply_json(200, job.response(self._pace))
+
+    def _generate(self, request: Body) -> None:
+        job = GenerateJob.from_body(request, self.service.context_length)
+        if job.stream:
+            self.reply_events(job.events(self._pace))
+        else:
+            self.reply_json(200, job.response(self._pace))
+
+
+def bind_http(host: str, port: int, handler: type[_Handler], node_name: str) -> StandinHTTPServer:
+    """Bind --host:--port as uvicorn would, exiting with uvicorn's message if it cannot."""
+    handler.node_name = node_name
+    handler.server_name = f"{node_name}:{port}"
+    try:
+        server = StandinHTTPServer(host, port, handler)
+    except OSError as error:
+        fatal(
+            f"ERROR:    [Errno {error.errno}] error while attempting to bind on address "
+            f"({host!r}, {port}): {(error.strerror or str(error)).lower()}"
+        )
+    shown = f"[{host}]" if ":" in host else host
+    log(f"INFO:     Uvicorn running on http://{shown}:{port} (Press CTRL+C to quit)")
+    return server

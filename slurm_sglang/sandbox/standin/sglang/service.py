@@ -1,0 +1,83 @@
+"""What the head serves besides generation: readiness, auth, model and server info."""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import threading
+import time
+from typing import Any
+
+from . import __version__
+from .server_args import served_model_name
+
+DEFAULT_CONTEXT_LENGTH = 32768
+RANK_FIELDS = ("node_rank", "hostname", "ip", "pid", "gpus", "argv")
+
+
+class HeadService:
+    """The head's state shared by every request thread."""
+
+    def __init__(
+        self, args: argparse.Namespace, ranks: list[dict[str, Any]], token_seconds: float
+    ) -> None:
+        self.args = args
+        self.ranks = [{key: rank.get(key) for key in RANK_FIELDS} for rank in ranks]
+        self.name = served_model_name(args)
+        self.context_length = int(args.context_length or DEFAULT_CONTEXT_LENGTH)
+        self.token_seconds = token_seconds
+        self.ready = threading.Event()
+        self.created = int(time.time())
+
+    def authorized(self, authorization: str | None) -> bool:
+        """True if no --api-key is set or the request carries `Bearer <key>`."""
+        if not self.args.api_key:
+            return True
+        expected = f"Bearer {self.args.api_key}"
+        return authorization is not None and hmac.compare_digest(authorization, expected)
+
+    def models(self) -> dict[str, Any]:
+        """The /v1/models body."""
+        model = {
+            "id": self.name,
+            "object": "model",
+            "created": self.created,
+            "owned_by": "sglang",
+            "root": self.args.model_path,
+            "parent": None,
+            "max_model_len": self.context_length,
+        }
+        return {"object": "list", "data": [model]}
+
+    def model_info(self) -> dict[str, Any]:
+        """The /model_info body."""
+        return {
+            "model_path": self.args.model_path,
+            "tokenizer_path": self.args.tokenizer_path or self.args.model_path,
+            "served_model_name": self.name,
+            "is_generation": True,
+            "preferred_sampling_params": None,
+            "weight_version": "default",
+            "has_image_understanding": False,
+            "has_audio_understanding": False,
+            "model_type": "standin",
+            "architectures": ["StandinForCausalLM"],
+        }
+
+    def server_info(self) -> dict[str, Any]:
+        """The /server_info body: the parsed args, plus every rank's argv, host, IP and GPUs."""
+        info: dict[str, Any] = dict(vars(self.args))
+        if info.get("api_key"):
+            info["api_key"] = "***"
+        info.update(
+            {
+                "version": __version__,
+                "standin": True,
+                "status": "ready" if self.ready.is_set() else "warming_up",
+                "nnodes": self.args.nnodes,
+                "served_model_name": self.name,
+                "ranks": self.ranks,
+                "internal_states": [{"last_gen_throughput": 0.0, "standin": True}],
+            }
+        )
+        return info

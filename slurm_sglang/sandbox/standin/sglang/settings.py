@@ -1,0 +1,56 @@
+"""The stand-in's own knobs, read once from the environment at start (never at import)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+DEFAULT_DIST_TIMEOUT_SECONDS = 600.0  # torch.distributed's default
+LOAD_BARRIER_SECONDS = 480.0  # sglang's wait for nodes that load slowly
+
+
+def _seconds(environ: Mapping[str, str], name: str, default: float) -> float:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if value < 0:
+        raise ValueError(f"{name} must not be negative, got {raw!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class StandinSettings:
+    """Delays and timeouts that imitate a real model's timing (all in seconds)."""
+
+    load_seconds: float
+    warmup_seconds: float
+    token_seconds: float
+    dist_timeout_seconds: float
+    load_barrier_seconds: float
+    heartbeat_interval_seconds: float
+    heartbeat_timeout_seconds: float
+    gpus_on_node: int | None
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] = os.environ) -> StandinSettings:
+        """Read every SGLANG_STANDIN_* variable, with defaults."""
+        gpus_raw = environ.get("SGLANG_STANDIN_NUM_GPUS", "").strip()
+        return cls(
+            load_seconds=_seconds(environ, "SGLANG_STANDIN_LOAD_SECONDS", 0.0),
+            warmup_seconds=_seconds(environ, "SGLANG_STANDIN_WARMUP_SECONDS", 0.3),
+            token_seconds=_seconds(environ, "SGLANG_STANDIN_TOKEN_SECONDS", 0.0),
+            dist_timeout_seconds=_seconds(
+                environ, "SGLANG_STANDIN_DIST_TIMEOUT", DEFAULT_DIST_TIMEOUT_SECONDS
+            ),
+            load_barrier_seconds=_seconds(
+                environ, "SGLANG_STANDIN_LOAD_BARRIER_SECONDS", LOAD_BARRIER_SECONDS
+            ),
+            heartbeat_interval_seconds=_seconds(environ, "SGLANG_STANDIN_HEARTBEAT_SECONDS", 1.0),
+            heartbeat_timeout_seconds=_seconds(environ, "SGLANG_STANDIN_HEARTBEAT_TIMEOUT", 5.0),
+            gpus_on_node=int(gpus_raw) if gpus_raw else None,
+        )
