@@ -17,12 +17,14 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from slurm_sglang.errors import UserInputError
+
 BUILTIN_PROFILE_PACKAGE = "slurm_sglang.profiles"
 DEFAULT_PROFILE_NAME = "default"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-class ProfileError(ValueError):
+class ProfileError(UserInputError):
     """A profile that cannot be loaded; the message names the file, the key and the fix."""
 
 
@@ -94,7 +96,6 @@ class ContainerSettings(_Strict):
     run_args: list[str] = Field(default_factory=list)
     gpus: Literal["docker", "cdi", "env", "none"] = "docker"
     privileged: bool = False
-    shm_size: str = "32g"
     activate: list[str] = Field(default_factory=list)
     python: str = "python3"
 
