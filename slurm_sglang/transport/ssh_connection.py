@@ -164,6 +164,8 @@ class Connector:
         if self._known_hosts.exists():
             client.load_host_keys(str(self._known_hosts))
         client.set_missing_host_key_policy(self._policy)
+        # OpenSSH skips identity files that do not exist; paramiko would fail on them.
+        key_files = [path for path in spec.identity_files if os.path.isfile(path)]
         logger.debug("ssh: connecting to %s@%s:%d", spec.user, spec.hostname, spec.port)
         try:
             client.connect(
@@ -171,7 +173,7 @@ class Connector:
                 port=spec.port,
                 username=spec.user,
                 # paramiko accepts a list of paths here; its stubs say str.
-                key_filename=list(spec.identity_files) or None,  # type: ignore[arg-type]
+                key_filename=key_files or None,  # type: ignore[arg-type]
                 allow_agent=self._use_agent,
                 look_for_keys=False,
                 sock=sock,
@@ -180,8 +182,14 @@ class Connector:
                 auth_timeout=self._connect_timeout,
             )
         except BaseException as error:
+            failed_in_auth = _handshake_done(client)
             client.close()
             sock.close()
+            checks_done = not isinstance(
+                error, TransportError | KeyboardInterrupt | paramiko.BadHostKeyException
+            )
+            if failed_in_auth and checks_done:
+                raise self._auth_error(spec, error) from None
             raise self._connect_error(spec, error) from None
         connected = client.get_transport()
         assert connected is not None
@@ -189,7 +197,7 @@ class Connector:
         return client
 
     def _connect_error(self, spec: HostSpec, error: BaseException) -> BaseException:
-        """The one-line TransportError a paramiko failure means to the user."""
+        """The one-line TransportError a failure before authentication means to the user."""
         name = f"{spec.user}@{_name_for_messages(spec)}"
         if isinstance(error, TransportError | KeyboardInterrupt):
             return error
@@ -202,21 +210,6 @@ class Connector:
                 f"remove the old entry with: ssh-keygen -R '{spec.known_hosts_name}' "
                 f"-f {self._known_hosts}"
             )
-        if isinstance(error, paramiko.BadAuthenticationType):
-            return AuthError(
-                f"{name} accepts only {', '.join(error.allowed_types)}; slurm-sglang "
-                "authenticates with keys: install your public key there (ssh-copy-id)"
-            )
-        if isinstance(error, paramiko.PasswordRequiredException):
-            return AuthError(
-                f"{name}: a key is protected by a passphrase; load it into ssh-agent (ssh-add) "
-                f"and retry. Keys tried: {self._keys_tried(spec)}"
-            )
-        if isinstance(error, paramiko.AuthenticationException):
-            return AuthError(
-                f"{name} refused every key tried ({self._keys_tried(spec)}): install the "
-                "right public key there, or name the key with IdentityFile in ~/.ssh/config"
-            )
         if isinstance(error, TimeoutError | socket.timeout):
             return ConnectTimeoutError(f"{name} port {spec.port} did not finish the SSH handshake")
         if isinstance(error, paramiko.SSHException | EOFError | OSError):
@@ -225,8 +218,29 @@ class Connector:
             )
         return error
 
+    def _auth_error(self, spec: HostSpec, error: BaseException) -> AuthError:
+        """The one-line AuthError for a failure after the host key was verified."""
+        name = f"{spec.user}@{_name_for_messages(spec)}"
+        if isinstance(error, paramiko.BadAuthenticationType):
+            return AuthError(
+                f"{name} accepts only {', '.join(error.allowed_types)}; slurm-sglang "
+                "authenticates with keys: install your public key there (ssh-copy-id)"
+            )
+        tried = self._keys_tried(spec)
+        if isinstance(error, paramiko.PasswordRequiredException):
+            return AuthError(
+                f"{name}: a key is protected by a passphrase; load it into ssh-agent (ssh-add) "
+                f"and retry (keys tried: {tried})"
+            )
+        return AuthError(
+            f"{name} refused every key tried ({tried}): install the right public key there, "
+            "or name your key with IdentityFile in ~/.ssh/config"
+        )
+
     def _keys_tried(self, spec: HostSpec) -> str:
-        tried = list(spec.identity_files)
+        tried = [
+            path if os.path.isfile(path) else f"{path} (missing)" for path in spec.identity_files
+        ]
         if self._use_agent and os.environ.get("SSH_AUTH_SOCK"):
             agent = paramiko.Agent()
             try:
@@ -234,6 +248,18 @@ class Connector:
             finally:
                 agent.close()
         return ", ".join(tried) if tried else "none: no IdentityFile, no default key, no agent"
+
+
+def _handshake_done(client: paramiko.SSHClient) -> bool:
+    """Whether the key exchange (and so the host key check) finished before the failure."""
+    transport = client.get_transport()
+    if transport is None or not transport.is_active():
+        return False
+    try:
+        transport.get_remote_server_key()
+    except paramiko.SSHException:
+        return False
+    return not transport.is_authenticated()
 
 
 def _name_for_messages(spec: HostSpec) -> str:

@@ -43,7 +43,7 @@ class Tunnel:
         self._listener.setblocking(False)
         self.local_port: int = self._listener.getsockname()[1]
         self.url = f"http://{_LISTEN_HOST}:{self.local_port}"
-        self.failures = 0
+        self.failures = 0  # connections that could not reach the target
         self._closed = threading.Event()
         self._wake_reader, self._wake_writer = socket.socketpair()
         self._open_streams: set[socket.socket | Stream] = set()
@@ -84,7 +84,8 @@ class Tunnel:
         try:
             upstream = self.transport.open_stream(self.remote_host, self.remote_port, timeout=30)
         except TransportError as error:
-            self.failures += 1
+            with self._streams_lock:
+                self.failures += 1
             logger.warning("tunnel: %s", error)
             client.close()
             return

@@ -74,8 +74,11 @@ class SSHServer:
             self.process.wait()
 
 
-def start_sshd(root: Path) -> SSHServer:
-    """Start sshd -D on a free port of 127.0.0.1 with everything under root."""
+def start_sshd(root: Path, *, private_mounts: bool = False) -> SSHServer:
+    """Start sshd -D on a free port of 127.0.0.1 with everything under root.
+
+    private_mounts runs it in its own mount namespace (root only): what its sessions mount
+    stays invisible to this machine and vanishes with it."""
     root.mkdir(parents=True, exist_ok=True)
     host_key = make_key(root / "ssh_host_ed25519_key")
     ssh_dir = root / "client-ssh"
@@ -111,8 +114,9 @@ def start_sshd(root: Path) -> SSHServer:
         )
     )
     log_path = root / "sshd.log"
+    namespace = ["unshare", "--mount", "--propagation", "private", "--"] if private_mounts else []
     process = subprocess.Popen(
-        [SSHD, "-D", "-e", "-f", str(config)],
+        [*namespace, SSHD, "-D", "-e", "-f", str(config)],
         stdout=subprocess.DEVNULL,
         stderr=log_path.open("wb"),
     )
@@ -140,3 +144,23 @@ def sshd_available() -> str | None:
     if not Path(SSHD).exists() or shutil.which("ssh-keygen") is None:
         return "needs OpenSSH's server: apt-get install openssh-server"
     return None
+
+
+def start_agent(root: Path, *keys: Path) -> tuple[subprocess.Popen[bytes], Path]:
+    """A real ssh-agent listening on a socket under root, holding keys."""
+    socket_path = root / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(socket_path)], stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + _START_TIMEOUT
+    while not socket_path.exists():
+        if agent.poll() is not None or time.monotonic() > deadline:
+            agent.kill()
+            raise RuntimeError("ssh-agent did not start")
+        time.sleep(0.05)
+    for key in keys:
+        subprocess.run(
+            ["ssh-add", "-q", str(key)],
+            env={**os.environ, "SSH_AUTH_SOCK": str(socket_path)},
+            check=True,
+            capture_output=True,
+        )
+    return agent, socket_path

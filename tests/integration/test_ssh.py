@@ -7,6 +7,7 @@ import http.server
 import os
 import re
 import secrets
+import shlex
 import subprocess
 import threading
 import time
@@ -15,12 +16,22 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sshd import SSHServer, free_port, make_key, public_key, sshd_available, start_sshd
+from sshd import (
+    SSHServer,
+    free_port,
+    make_key,
+    public_key,
+    sshd_available,
+    start_agent,
+    start_sshd,
+)
 
 from slurm_sglang.transport import (
     AuthError,
     CommandNotFoundError,
+    CommandTimeoutError,
     ConnectRefusedError,
+    FileAccessError,
     FileMissingError,
     FilePermissionError,
     HostKeyChangedError,
@@ -268,6 +279,86 @@ def test_refused_port(client_dir: Path) -> None:
 def test_unknown_host_name(client_dir: Path) -> None:
     with pytest.raises(HostResolutionError, match=r"cannot resolve no-such-host\.invalid"):
         SSHTransport("no-such-host.invalid", config_path=client_dir / "config").connect()
+
+
+def test_keys_from_the_agent(
+    server: SSHServer, client_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    agent, socket_path = start_agent(tmp_path, server.client_key)
+    try:
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(socket_path))
+        (client_dir / "config").write_text(
+            f"Host agent-only\n    HostName 127.0.0.1\n    Port {server.port}\n"
+        )
+        with SSHTransport("agent-only", config_path=client_dir / "config") as transport:
+            assert transport.spec.identity_files == ()
+            assert transport.run(["echo", "via agent"]).stdout == "via agent\n"
+    finally:
+        agent.terminate()
+        agent.wait()
+
+
+def test_missing_identity_file_is_named(
+    server: SSHServer, client_dir: Path, tmp_path: Path
+) -> None:
+    missing = tmp_path / "no-such-key"
+    (client_dir / "config").write_text(
+        f"Host gone\n    HostName 127.0.0.1\n    Port {server.port}\n    IdentityFile {missing}\n"
+    )
+    with pytest.raises(AuthError, match=f"refused every key tried \\({missing} \\(missing\\)\\)"):
+        SSHTransport("gone", config_path=client_dir / "config").connect()
+
+
+def test_proxy_command(server: SSHServer, client_dir: Path) -> None:
+    proxy = shlex.join(
+        [
+            "ssh", "-F", "none", "-i", str(server.client_key), "-p", str(server.port),
+            "-o", f"UserKnownHostsFile={client_dir / 'known_hosts'}",
+            "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
+            "-W", "%h:%p", f"{server.user}@127.0.0.1",
+        ]
+    )  # fmt: skip
+    (client_dir / "config").write_text(
+        f"Host via-command\n    HostName 127.0.0.1\n    Port {server.port}\n"
+        f"    IdentityFile {server.client_key}\n    ProxyCommand {proxy}\n"
+    )
+    before = server.accepted_logins()
+    with SSHTransport("via-command", config_path=client_dir / "config") as transport:
+        assert transport.run(["echo", "through ssh -W"]).stdout == "through ssh -W\n"
+    assert server.accepted_logins() == before + 2
+
+
+def test_commands_in_parallel_share_the_connection(cluster: SSHTransport) -> None:
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        outputs = list(pool.map(lambda index: cluster.run(["echo", str(index)]).stdout, range(16)))
+    assert outputs == [f"{index}\n" for index in range(16)]
+
+
+def test_command_timeout(cluster: SSHTransport) -> None:
+    with pytest.raises(CommandTimeoutError, match="still running after"):
+        cluster.run(["sleep", "5"], timeout=0.3)
+    assert cluster.run(["echo", "still usable"]).stdout == "still usable\n"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs in sshd's own mount namespace")
+def test_full_disk_on_write(tmp_path: Path, client_dir: Path) -> None:
+    full_server = start_sshd(tmp_path / "sshd", private_mounts=True)
+    try:
+        (client_dir / "known_hosts").write_text(full_server.known_hosts_line)
+        small = tmp_path / "small-disk"
+        small.mkdir()
+        with SSHTransport(
+            f"127.0.0.1:{full_server.port}",
+            identity_file=full_server.client_key,
+            config_path=client_dir / "config",
+        ) as transport:
+            # Only sshd's namespace sees this 64 KiB disk.
+            transport.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)])
+            with pytest.raises(FileAccessError, match="full disk or an exhausted quota"):
+                transport.write_text(str(small / "script.sbatch"), "x" * 512 * 1024)
+            assert transport.run(["ls", "-A", str(small)]).stdout == ""
+    finally:
+        full_server.stop()
 
 
 # Tunnel ---------------------------------------------------------------------------------
