@@ -40,6 +40,7 @@ IMAGE_REPOSITORY = "localhost/sglang-standin"
 STANDIN_DIR = Path(__file__).resolve().parent / "standin" / "sglang"
 STANDIN_TARGET = "usr/lib/python3/dist-packages/sglang"
 SKIPPED_NAMES = ("__pycache__",)
+KEPT_IMAGES = 3
 
 
 @dataclass(frozen=True)
@@ -271,7 +272,20 @@ def build_standin_record(standin_dir: Path = STANDIN_DIR) -> ImageRecord:
     )
     data = {**record.__dict__, "tarball": str(tarball)}
     _record_path(key).write_text(json.dumps(data, indent=2) + "\n")
+    _prune_old_images(keep=KEPT_IMAGES)
     return record
+
+
+def _prune_old_images(keep: int) -> None:
+    # Each stand-in edit makes a new image; keep only the newest few in the cache.
+    tarballs = sorted(
+        cache_dir().glob("sglang-standin-*.tar.gz"),
+        key=lambda path: path.stat().st_mtime,
+        reverse=True,
+    )
+    for old in tarballs[keep:]:
+        old.unlink(missing_ok=True)
+        old.with_name(old.name.removesuffix(".tar.gz") + ".json").unlink(missing_ok=True)
 
 
 def _remove_tree(path: Path) -> None:
