@@ -128,6 +128,9 @@ def sandbox_up(nodes: int = 4, gpus_per_node: int = 8, allow_install: bool = Tru
             gpus_per_node,
         )
         if current is not None and same_shape and _healthy(current, layout):
+            # Cheap and idempotent: repairs edits made to these files since the last up.
+            replace_with_backup(CONTAINERS_CONF, layout.backup, content=CONTAINERS_CONF_TEXT)
+            write_marked_hosts(current.addresses)
             info = _refresh_image(layout, current)
         else:
             if current is not None or network.sandbox_netns_names():
