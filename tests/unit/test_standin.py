@@ -286,6 +286,16 @@ def test_openai_client_across_two_ranks(cluster: Cluster) -> None:
     assert len(entries) == 3
     assert all(len(entry.top_logprobs) == 2 and entry.logprob < 0 for entry in entries)
 
+    streamed = client.completions.create(
+        model="standin", prompt="Hello", max_tokens=4, stream=True,
+        stream_options={"include_usage": True},
+    )  # fmt: skip
+    chunks = list(streamed)
+    assert "".join(chunk.choices[0].text for chunk in chunks if chunk.choices) == (
+        completion.choices[0].text
+    )
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens <= 4
+
     legacy = client.completions.create(model="standin", prompt="Hi", max_tokens=2, logprobs=2)
     assert legacy.choices[0].logprobs is not None
     assert len(legacy.choices[0].logprobs.token_logprobs or []) == 2
@@ -394,14 +404,46 @@ def test_head_refuses_a_mismatched_rank_and_everyone_exits(cluster: Cluster) -> 
     assert "mismatched --model-path" in wrong.log()
 
 
-def test_duplicate_rank_is_refused(cluster: Cluster) -> None:
+@pytest.mark.parametrize(
+    ("wrong_rank", "message"),
+    [("1", "duplicate node rank 1"), ("5", "node rank 5 is out of range for --nnodes 3")],
+)
+def test_duplicate_or_out_of_range_rank_is_refused(
+    cluster: Cluster, wrong_rank: str, message: str
+) -> None:
     head = cluster.start(0, cluster.group_args(3, 0, "--tp", "3"))
     cluster.start(1, cluster.group_args(3, 1, "--tp", "3"))
     wait_until(lambda: "Node rank 1 joined" in head.log(), "node rank 1 to join")
-    duplicate = cluster.start(2, [*cluster.group_args(3, 2, "--tp", "3"), "--node-rank", "1"])
-    assert duplicate.wait_exit() != 0
+    wrong = cluster.start(2, [*cluster.group_args(3, 2, "--tp", "3"), "--node-rank", wrong_rank])
+    assert wrong.wait_exit() != 0
     assert head.wait_exit() != 0
-    assert "duplicate node rank 1" in head.log()
+    assert message in head.log()
+    assert message in wrong.log()
+
+
+def test_taken_dist_init_port_fails_like_torch(cluster: Cluster) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", cluster.dist_port))
+        squatter.listen()
+        head = cluster.start(0, cluster.group_args(2, 0, "--tp", "2"))
+        assert head.wait_exit() != 0
+    assert "server socket has failed to listen" in head.log()
+    assert "EADDRINUSE" in head.log()
+
+
+def test_ipv6_dist_init_address_in_brackets(cluster: Cluster) -> None:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback on this machine")
+    ipv6 = ["--tp", "2", "--dist-init-addr", f"[::1]:{cluster.dist_port}"]
+    cluster.start(1, [*cluster.group_args(2, 1), *ipv6])
+    cluster.start(0, [*cluster.group_args(2, 0), *ipv6])
+    cluster.wait_ready()
+    info = json.loads(http(cluster.url("/server_info"))[2])
+    assert info["dist_init_addr"] == f"[::1]:{cluster.dist_port}"
+    assert len(info["ranks"]) == 2
 
 
 def test_gpu_ordinal_past_visible_devices_fails_the_group(cluster: Cluster) -> None:

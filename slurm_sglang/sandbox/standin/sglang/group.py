@@ -166,7 +166,7 @@ class HeadGroup:
             if not formed:
                 joined = len(self._members) + 1
                 missing = sorted(set(range(1, expected + 1)) - set(self._members))
-                fatal(
+                self._break(
                     f"torch.distributed.DistStoreError: Timed out after {int(timeout) + 1} "
                     f"seconds waiting for clients. {joined}/{expected + 1} clients joined. "
                     f"(missing node ranks: {', '.join(map(str, missing))})"

@@ -13,8 +13,10 @@ from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from .api_shapes import DONE, Body, ChatJob, CompletionJob, RequestError, error_body
-from .native_shapes import GenerateJob
+from .chat import ChatJob
+from .completions import CompletionJob
+from .native_generate import GenerateJob
+from .request_fields import DONE, Body, RequestError, error_body
 from .service import HeadService
 from .standin_log import fatal, log
 
@@ -139,6 +141,8 @@ class HeadHandler(_Handler):
             "/get_model_info": self.service.model_info,
             "/server_info": self.service.server_info,
             "/get_server_info": self.service.server_info,
+            "/get_load": self.service.load,
+            f"/v1/models/{self.service.name}": self.service.model_card,
         }
         posts: dict[str, Callable[[Body], None]] = {
             "/v1/completions": self._completions,
@@ -161,7 +165,11 @@ class HeadHandler(_Handler):
             request = json.loads(raw or b"{}")
             if not isinstance(request, dict):
                 raise RequestError("the request body must be a JSON object")
-            endpoint(request)
+            self.service.count_running(+1)
+            try:
+                endpoint(request)
+            finally:
+                self.service.count_running(-1)
         except json.JSONDecodeError as error:
             self.reply_json(400, error_body(f"invalid JSON body: {error}"))
         except RequestError as error:

@@ -28,6 +28,19 @@ class HeadService:
         self.token_seconds = token_seconds
         self.ready = threading.Event()
         self.created = int(time.time())
+        self._running_lock = threading.Lock()
+        self._running = 0
+
+    def count_running(self, change: int) -> None:
+        """Add `change` (+1 at start, -1 at end) to the number of requests in flight."""
+        with self._running_lock:
+            self._running += change
+
+    def load(self) -> list[dict[str, Any]]:
+        """The /get_load body: requests in flight, as sglang reports per DP rank."""
+        with self._running_lock:
+            running = self._running
+        return [{"dp_rank": 0, "num_reqs": running, "num_waiting_reqs": 0, "num_tokens": 0}]
 
     def authorized(self, authorization: str | None) -> bool:
         """True if no --api-key is set or the request carries `Bearer <key>`."""
@@ -38,7 +51,11 @@ class HeadService:
 
     def models(self) -> dict[str, Any]:
         """The /v1/models body."""
-        model = {
+        return {"object": "list", "data": [self.model_card()]}
+
+    def model_card(self) -> dict[str, Any]:
+        """The /v1/models/{name} body."""
+        return {
             "id": self.name,
             "object": "model",
             "created": self.created,
@@ -47,7 +64,6 @@ class HeadService:
             "parent": None,
             "max_model_len": self.context_length,
         }
-        return {"object": "list", "data": [model]}
 
     def model_info(self) -> dict[str, Any]:
         """The /model_info body."""

@@ -8,7 +8,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .api_shapes import (
+from .generation import VOCABULARY, Generation, generate
+from .request_fields import (
     DONE,
     NATIVE_DEFAULT_MAX_NEW_TOKENS,
     Body,
@@ -17,7 +18,6 @@ from .api_shapes import (
     check_context,
     parse_sampling,
 )
-from .generation import VOCABULARY, Generation, generate
 
 TOKEN_ID_OFFSET = 1000
 
