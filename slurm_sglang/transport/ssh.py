@@ -22,6 +22,7 @@ import paramiko
 from slurm_sglang.transport.base import (
     CommandResult,
     CommandTimeoutError,
+    ConnectError,
     FileAccessError,
     Stream,
     TunnelError,
@@ -128,6 +129,10 @@ class SSHTransport:
         )
         try:
             result = self._exec(argv, command, input, timeout)
+        except (paramiko.SSHException, EOFError) as error:
+            raise ConnectError(
+                f"SSH connection to {self.where} failed while running {shlex.join(argv)}: {error}"
+            ) from None
         finally:
             if env_file is not None:
                 self._remove_quietly(env_file)
@@ -221,6 +226,10 @@ class SSHTransport:
                     path,
                 ) from None
             raise file_error(error.errno, path, self.where, str(error)) from None
+        except (paramiko.SSHException, EOFError) as error:
+            raise ConnectError(
+                f"SSH connection to {self.where} failed while accessing {path}: {error}"
+            ) from None
 
     def write_text(self, path: str, text: str, mode: int = 0o644) -> None:
         """Upload text over SFTP to a temporary name beside path, then rename it over path."""

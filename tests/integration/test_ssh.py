@@ -8,6 +8,7 @@ import os
 import re
 import secrets
 import shlex
+import socket
 import subprocess
 import threading
 import time
@@ -423,6 +424,13 @@ def test_tunnel_through_ssh(
         with urllib.request.urlopen(f"{tunnel.url}/stream", timeout=60) as response:
             assert response.read() == b"".join(STREAM_CHUNKS)
     assert tunnel.failures == 0
+
+
+def test_tunnel_to_a_closed_port(cluster: SSHTransport) -> None:
+    with open_tunnel(cluster, "127.0.0.1", free_port()) as tunnel:
+        with socket.create_connection(("127.0.0.1", tunnel.local_port), timeout=30) as client:
+            assert client.recv(1) == b""  # closed at once: the login node could not connect
+        assert tunnel.failures == 1
 
 
 def _command_lines() -> dict[int, bytes]:

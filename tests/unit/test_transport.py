@@ -22,6 +22,7 @@ from slurm_sglang.transport import (
     LocalTransport,
     SSHConfigError,
     SSHTransport,
+    Transport,
     TunnelError,
     open_tunnel,
     transport_for,
@@ -121,6 +122,7 @@ def test_file_errors(local: LocalTransport, tmp_path: Path) -> None:
 
 def test_describe_and_home(local: LocalTransport, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HOME", "/home/someone")
+    assert isinstance(local, Transport)
     assert local.describe() == "local"
     assert local.home() == "/home/someone"
 
@@ -232,7 +234,7 @@ def test_bad_destination(destination: str) -> None:
 def test_transport_for(ssh_dir: Path) -> None:
     assert isinstance(transport_for(None), LocalTransport)
     remote = transport_for("login", config_path=ssh_dir / "config")
-    assert isinstance(remote, SSHTransport)
+    assert isinstance(remote, SSHTransport) and isinstance(remote, Transport)
     # Nothing connects until the first command.
     assert remote.describe() == "ssh alice@login01.cluster.example:2222"
 
