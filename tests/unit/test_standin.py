@@ -229,7 +229,7 @@ def test_worker_ignores_sigterm_and_dies_on_sigkill(cluster: Cluster) -> None:
 
 
 def test_hung_worker_is_noticed_by_heartbeats(cluster: Cluster) -> None:
-    quick = {"SGLANG_STANDIN_HEARTBEAT_SECONDS": "0.3", "SGLANG_STANDIN_HEARTBEAT_TIMEOUT": "1.5"}
+    quick = {"SGLANG_STANDIN_HEARTBEAT_SECONDS": "0.2", "SGLANG_STANDIN_HEARTBEAT_TIMEOUT": "1"}
     worker = cluster.start(1, cluster.group_args(2, 1, "--tp", "2"), **quick)
     head = cluster.start(0, cluster.group_args(2, 0, "--tp", "2"), **quick)
     cluster.wait_ready()
@@ -355,26 +355,25 @@ def test_api_key_is_enforced_except_on_health(cluster: Cluster) -> None:
     assert openai_client(cluster, "s3cret").models.list().data[0].id == MODEL
 
 
-@pytest.mark.parametrize(
-    ("flags", "exit_code", "message"),
-    [
-        (["--tp", "8", "--dp", "2", "--nnodes", "2", "--dist-init-addr", "127.0.0.1:1"], 1,
-         "multi-node data-parallel replicas are not supported; use attention DP "
-         "(--attn-dp-size) across nodes"),
-        (["--pp", "2"], 2, "ambiguous option: --pp could match --pp-async-batch-depth, "
-         "--pp-max-micro-batch-size, --pp-size"),
-        (["--enable-ep-moe"], 2, "unrecognized arguments: --enable-ep-moe"),
-        (["--tp", "3", "--nnodes", "2", "--dist-init-addr", "127.0.0.1:1"], 1,
-         "must be divisible by nnodes"),
-        (["--json-model-override-args", "{not json"], 1, "is not valid JSON"),
-    ],
-)  # fmt: skip
-def test_flags_refused_as_sglang_refuses_them(
-    cluster: Cluster, flags: list[str], exit_code: int, message: str
-) -> None:
-    rank = cluster.start(0, ["--model-path", MODEL, *flags])
-    assert rank.wait_exit() == exit_code
-    assert message in rank.log()
+REFUSED_FLAGS = [
+    (["--tp", "8", "--dp", "2", "--nnodes", "2", "--dist-init-addr", "127.0.0.1:1"], 1,
+     "multi-node data-parallel replicas are not supported; use attention DP "
+     "(--attn-dp-size) across nodes"),
+    (["--pp", "2"], 2, "ambiguous option: --pp could match --pp-async-batch-depth, "
+     "--pp-max-micro-batch-size, --pp-size"),
+    (["--enable-ep-moe"], 2, "unrecognized arguments: --enable-ep-moe"),
+    (["--tp", "3", "--nnodes", "2", "--dist-init-addr", "127.0.0.1:1"], 1,
+     "must be divisible by nnodes"),
+    (["--json-model-override-args", "{not json"], 1, "is not valid JSON"),
+]  # fmt: skip
+
+
+def test_flags_refused_as_sglang_refuses_them(cluster: Cluster) -> None:
+    # All cases start at once: each is one short-lived process.
+    ranks = [cluster.start(0, ["--model-path", MODEL, *flags]) for flags, _, _ in REFUSED_FLAGS]
+    for rank, (flags, exit_code, message) in zip(ranks, REFUSED_FLAGS, strict=True):
+        code = rank.wait_exit()
+        assert code == exit_code and message in rank.log(), f"{flags}: exit {code}\n{rank.log()}"
 
 
 def test_rendezvous_timeouts_exit_non_zero_with_torch_messages(cluster: Cluster) -> None:

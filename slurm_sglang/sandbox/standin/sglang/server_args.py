@@ -184,5 +184,6 @@ def served_model_name(args: argparse.Namespace) -> str:
 
 def describe(args: argparse.Namespace) -> str:
     """The `server_args=ServerArgs(...)` line sglang logs at start."""
-    fields = ", ".join(f"{key}={value!r}" for key, value in vars(args).items())
+    shown = {**vars(args), "api_key": "***" if args.api_key else None}
+    fields = ", ".join(f"{key}={value!r}" for key, value in shown.items())
     return f"server_args=ServerArgs({fields})"

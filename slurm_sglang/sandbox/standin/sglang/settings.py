@@ -1,4 +1,12 @@
-"""The stand-in's own knobs, read once from the environment at start (never at import)."""
+"""The stand-in's own knobs, read once from the environment at start (never at import).
+
+SGLANG_STANDIN_LOAD_SECONDS (0): model loading time. SGLANG_STANDIN_WARMUP_SECONDS (0.3): the
+head's warm-up, /health 503. SGLANG_STANDIN_TOKEN_SECONDS (0): time per generated token.
+SGLANG_STANDIN_DIST_TIMEOUT (600): --dist-timeout's default. SGLANG_STANDIN_LOAD_BARRIER_SECONDS
+(480): wait for slow nodes. SGLANG_STANDIN_HEARTBEAT_SECONDS (1) and _HEARTBEAT_TIMEOUT (5): how
+soon a hung peer breaks the group. SGLANG_STANDIN_NUM_GPUS (unset): GPUs the node has, checked
+like CUDA's device ordinals when CUDA_VISIBLE_DEVICES is unset.
+"""
 
 from __future__ import annotations
 
