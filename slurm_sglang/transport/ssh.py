@@ -14,7 +14,7 @@ import shlex
 import stat
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import paramiko
@@ -100,6 +100,23 @@ class SSHTransport:
             assert opened is not None
             return opened
 
+    def _open_channel(
+        self, open_one: Callable[[paramiko.Transport], paramiko.Channel]
+    ) -> paramiko.Channel:
+        """open_one on the connection; once more on a fresh one if the old one died unnoticed."""
+        transport = self._transport()
+        try:
+            return open_one(transport)
+        except paramiko.ChannelException:
+            raise  # the server answered: the connection is fine, the request was refused
+        except (paramiko.SSHException, EOFError, OSError):
+            # Nothing was sent through the channel yet, so a second try cannot repeat anything.
+            logger.debug("%s: connection dropped, reconnecting", self.describe())
+            with self._lock:
+                if self._clients and self._clients[-1].get_transport() is transport:
+                    self._close_clients()
+            return open_one(self._transport())
+
     # Commands ---------------------------------------------------------------------------
 
     def run(
@@ -143,7 +160,9 @@ class SSHTransport:
     def _exec(
         self, argv: tuple[str, ...], command: str, input: str | None, timeout: float | None
     ) -> CommandResult:
-        channel = self._transport().open_session(timeout=self._connect_timeout)
+        channel = self._open_channel(
+            lambda transport: transport.open_session(timeout=self._connect_timeout)
+        )
         try:
             channel.exec_command(command)
             stdout = bytearray()
@@ -300,8 +319,10 @@ class SSHTransport:
     def open_stream(self, host: str, port: int, timeout: float | None = None) -> Stream:
         """A direct-tcpip channel: a TCP connection to host:port made by the remote host."""
         try:
-            return self._transport().open_channel(
-                "direct-tcpip", (host, port), ("127.0.0.1", 0), timeout=timeout
+            return self._open_channel(
+                lambda transport: transport.open_channel(
+                    "direct-tcpip", (host, port), ("127.0.0.1", 0), timeout=timeout
+                )
             )
         except paramiko.ChannelException as error:
             raise TunnelError(
@@ -321,6 +342,7 @@ class SSHTransport:
             self._close_clients()
 
     def _close_clients(self) -> None:
+        self._sftp = None  # it lives on the connection being closed
         for client in reversed(self._clients):
             client.close()
         self._clients = []

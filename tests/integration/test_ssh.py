@@ -120,6 +120,18 @@ def test_one_connection_serves_many_commands(server: SSHServer, cluster: SSHTran
     assert server.accepted_logins() == before + 1
 
 
+def test_reconnects_after_the_connection_drops(server: SSHServer, cluster: SSHTransport) -> None:
+    assert cluster.run(["echo", "before"]).stdout == "before\n"
+    before = server.accepted_logins()
+    sessions = [pid for pid, parent in _parents().items() if parent == server.process.pid]
+    assert sessions  # this transport's connection, served by a child of the listening sshd
+    for pid in sessions:
+        os.kill(pid, 15)
+    assert cluster.run(["echo", "after"]).stdout == "after\n"
+    assert cluster.read_text(str(server.root / "authorized_keys")).startswith("ssh-ed25519 ")
+    assert server.accepted_logins() == before + 1
+
+
 def test_sftp_write_read_and_follow(cluster: SSHTransport, tmp_path: Path) -> None:
     # The sshd runs on this machine, so its files are visible here too.
     target = tmp_path / "it's a dir" / "sub" / "script.sbatch"
@@ -431,6 +443,20 @@ def test_tunnel_to_a_closed_port(cluster: SSHTransport) -> None:
         with socket.create_connection(("127.0.0.1", tunnel.local_port), timeout=30) as client:
             assert client.recv(1) == b""  # closed at once: the login node could not connect
         assert tunnel.failures == 1
+
+
+def _parents() -> dict[int, int]:
+    """Every process's parent pid on this machine, by pid."""
+    parents = {}
+    for proc in Path("/proc").iterdir():
+        if re.fullmatch(r"\d+", proc.name):
+            try:
+                # The command name in field 2 may hold spaces; fields after its ")" are plain.
+                fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parents[int(proc.name)] = int(fields[1])
+    return parents
 
 
 def _command_lines() -> dict[int, bytes]:
