@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
+from slurm_sglang.profile import load_profile
 from slurm_sglang.sandbox import snapshot
 from slurm_sglang.sandbox.cluster import sandbox_down, sandbox_status, sandbox_up
+from slurm_sglang.sandbox.host import HOSTS_MARKER
 from slurm_sglang.sandbox.image import IMAGE_REPOSITORY
 from slurm_sglang.sandbox.layout import SandboxInfo
 from slurm_sglang.sandbox.nodes import containers_on, node_exec
@@ -143,10 +146,44 @@ def test_down_then_up_leaves_the_machine_as_before(sandbox: SandboxInfo) -> None
         assert slurm(["srun", "-N", str(shape[0]), "hostname"]).split()
         sandbox_down()
         after = snapshot.take()
+        hosts_after = Path("/etc/hosts").read_text()
+        fake_gpu_after = Path("/dev/fakegpu0").exists()
+        slurm_conf_after = Path("/etc/slurm/slurm.conf")
+        slurm_conf_ours = slurm_conf_after.is_symlink() and str(
+            slurm_conf_after.readlink()
+        ).startswith(str(info.state_dir))
     finally:
         sandbox_up(*shape)
 
     assert set(info.nodes) <= set(while_up["netns"]), "up created no namespaces?"
     assert "sbxbr0" in while_up["links"]
     assert snapshot.differences(before, after) == {}
+    assert HOSTS_MARKER not in hosts_after
+    assert not fake_gpu_after
+    assert not slurm_conf_ours
     assert sandbox_status() is not None
+
+
+def test_profile_is_a_valid_cluster_profile(sandbox: SandboxInfo) -> None:
+    profile = load_profile(str(sandbox.profile_path))
+
+    assert profile.slurm.partition == "sandbox"
+    assert profile.slurm.gpus_per_node == sandbox.gpus_per_node
+    assert profile.container.runtime == "podman"
+    assert profile.container.image == str(sandbox.shared_dir / "sglang-serve-latest.tar.gz")
+    assert Path(profile.container.image).is_file()
+    assert profile.paths.workspace == str(sandbox.shared_dir)
+
+
+def test_up_again_keeps_the_running_cluster(sandbox: SandboxInfo) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("sandbox up needs root")
+    controller_pid = Path(sandbox.state_dir, "run", "slurmctld.pid").read_text().split()[0]
+
+    again = sandbox_up(len(sandbox.nodes), sandbox.gpus_per_node)
+
+    assert again.nodes == sandbox.nodes
+    assert again.addresses == sandbox.addresses
+    assert Path(sandbox.state_dir, "run", "slurmctld.pid").read_text().split()[0] == controller_pid
+    for node, address in sandbox.addresses.items():
+        assert f"{address}\t{node}\t{HOSTS_MARKER}" in Path("/etc/hosts").read_text()
