@@ -202,6 +202,10 @@ class Transport(Protocol):
         """Release connections; the transport may not be used afterwards."""
         ...
 
+    def __enter__(self) -> Transport: ...
+
+    def __exit__(self, *exc_info: object) -> None: ...
+
 
 def check_env_names(env: Mapping[str, str]) -> None:
     """Reject environment names a POSIX shell could not export."""

@@ -130,6 +130,12 @@ class LocalTransport:
     def close(self) -> None:
         """Nothing to release."""
 
+    def __enter__(self) -> LocalTransport:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
 
 @contextlib.contextmanager
 def _file_errors(path: str, where: str = "this machine") -> Iterator[None]:

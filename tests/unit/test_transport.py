@@ -232,7 +232,8 @@ def test_bad_destination(destination: str) -> None:
 
 
 def test_transport_for(ssh_dir: Path) -> None:
-    assert isinstance(transport_for(None), LocalTransport)
+    with transport_for(None) as local:
+        assert isinstance(local, LocalTransport)
     remote = transport_for("login", config_path=ssh_dir / "config")
     assert isinstance(remote, SSHTransport) and isinstance(remote, Transport)
     # Nothing connects until the first command.
