@@ -135,7 +135,7 @@ def sandbox_up(nodes: int = 4, gpus_per_node: int = 8, allow_install: bool = Tru
         else:
             if current is not None or network.sandbox_netns_names():
                 log.warning("sandbox is partly up or has another shape: taking it down first")
-                _take_down(layout, current, purge=False)
+                _take_down(layout, current)
             info = _bring_up(layout, nodes, gpus_per_node, allow_install)
         info = _with(info, up_seconds=round(time.monotonic() - started, 2))
         write_state(layout, info)
@@ -245,6 +245,7 @@ def _write_slurm_configs(layout: Layout, info: SandboxInfo) -> None:
             info.addresses,
             info.gpus_per_node,
             hardware,
+            first_job_id=_saved_next_job_id(layout),
         )
     )
     layout.gres_conf.write_text(render_gres_conf(list(info.nodes), info.gpus_per_node))
@@ -360,12 +361,30 @@ def sandbox_down(purge: bool = False) -> None:
     require_root()
     layout = Layout.from_env()
     with _locked(layout):
-        _take_down(layout, read_state(layout), purge)
+        _take_down(layout, read_state(layout))
     if purge:
         shutil.rmtree(layout.root, ignore_errors=True)
 
 
-def _take_down(layout: Layout, info: SandboxInfo | None, purge: bool) -> None:
+def _saved_next_job_id(layout: Layout) -> int:
+    try:
+        return max(1, int(layout.next_job_id_file.read_text().strip()))
+    except (FileNotFoundError, ValueError):
+        return 1
+
+
+def _save_next_job_id(layout: Layout) -> None:
+    if read_pid(layout.slurmctld_pid_file) is None:
+        return
+    config = run(["scontrol", "show", "config"], check=False, timeout=30).stdout
+    for line in config.splitlines():
+        name, _, value = line.partition("=")
+        if name.strip() == "NEXT_JOB_ID" and value.strip().isdigit():
+            layout.next_job_id_file.write_text(value.strip() + "\n")
+
+
+def _take_down(layout: Layout, info: SandboxInfo | None) -> None:
+    _save_next_job_id(layout)
     names = list(info.nodes) if info else []
     names += [name for name in network.sandbox_netns_names() if name not in names]
     created: dict[str, Any] = info.created if info else {}

@@ -64,6 +64,10 @@ class Layout:
         return self.root / ".lock"
 
     @property
+    def next_job_id_file(self) -> Path:
+        return self.root / "next_job_id"
+
+    @property
     def etc(self) -> Path:
         return self.root / "etc"
 
