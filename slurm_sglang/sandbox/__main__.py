@@ -39,20 +39,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def summary(info: SandboxInfo) -> str:
-    """A few human lines about a running sandbox."""
-    lines = [f"sandbox up: {len(info.nodes)} nodes, {info.gpus_per_node} fake GPUs each"]
-    lines += [f"  {node}  {info.addresses[node]}" for node in info.nodes]
-    lines += [
-        f"  controller    {info.controller_address}",
-        f"  shared dir    {info.shared_dir}",
-        f"  profile       {info.profile_path}",
-        f"  image         {info.image_tarball or '(not built)'}",
-        f"  took          {info.up_seconds:.1f} s",
-    ]
-    return "\n".join(lines)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one sandbox verb; 0 on success, 1 on a sandbox error (message on stderr)."""
     args = build_parser().parse_args(argv)
@@ -63,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.verb == "up":
             info = sandbox_up(args.nodes, args.gpus_per_node, allow_install=not args.no_install)
-            print(json.dumps(info.to_json(), indent=2) if args.json else summary(info))
+            print(json.dumps(info.to_json(), indent=2) if args.json else info.summary())
         elif args.verb == "down":
             sandbox_down(purge=args.purge)
             print("sandbox down")
@@ -73,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(json.dumps(current.to_json() if current else None, indent=2))
             else:
                 print(
-                    summary(current).replace("sandbox up:", "sandbox is up:", 1)
+                    current.summary().replace("sandbox up:", "sandbox is up:", 1)
                     if current
                     else "sandbox is down"
                 )

@@ -140,6 +140,23 @@ class SandboxInfo:
     up_seconds: float
     created: dict[str, Any] = field(default_factory=dict)
 
+    def summary(self) -> str:
+        """A few human lines: nodes and addresses, shared dir, profile, image, time taken."""
+        lines = [f"sandbox up: {len(self.nodes)} nodes, {self.gpus_per_node} fake GPUs each"]
+        lines += [f"  {node}  {self.addresses[node]}" for node in self.nodes]
+        lines += [
+            f"  controller    {self.controller_address}",
+            f"  shared dir    {self.shared_dir}",
+            f"  profile       {self.profile_path}",
+            f"  image         {self.image_tarball or '(not built)'}",
+            f"  took          {self.up_seconds:.1f} s",
+        ]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (paths as strings)."""
+        return self.to_json()
+
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (paths as strings)."""
         data = asdict(self)
