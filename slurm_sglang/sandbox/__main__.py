@@ -10,7 +10,6 @@ from collections.abc import Sequence
 
 from slurm_sglang.sandbox.cluster import sandbox_down, sandbox_status, sandbox_up
 from slurm_sglang.sandbox.host import SandboxError
-from slurm_sglang.sandbox.layout import SandboxInfo
 
 
 def build_parser() -> argparse.ArgumentParser:
