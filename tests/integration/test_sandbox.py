@@ -13,9 +13,9 @@ from slurm_sglang.profile import load_profile
 from slurm_sglang.sandbox import snapshot
 from slurm_sglang.sandbox.cluster import sandbox_down, sandbox_status, sandbox_up
 from slurm_sglang.sandbox.host import HOSTS_MARKER
-from slurm_sglang.sandbox.image import IMAGE_REPOSITORY
+from slurm_sglang.sandbox.image import IMAGE_REPOSITORY, load_command, run_pipeline
 from slurm_sglang.sandbox.layout import SandboxInfo
-from slurm_sglang.sandbox.nodes import containers_on, node_exec
+from slurm_sglang.sandbox.nodes import containers_on, node_command, node_exec
 
 pytestmark = pytest.mark.cluster
 
@@ -142,8 +142,27 @@ def test_down_then_up_leaves_the_machine_as_before(sandbox: SandboxInfo) -> None
         sandbox_down()
         before = snapshot.take()
         info = sandbox_up(*shape)
-        while_up = snapshot.take()
         assert slurm(["srun", "-N", str(shape[0]), "hostname"]).split()
+        # A container still running at `down` must not survive it, nor its conmon.
+        node = info.nodes[-1]
+        assert info.image_tarball is not None and info.image_id
+        run_pipeline(load_command(info.image_tarball), prefix=node_command(node, []))
+        node_exec(
+            node,
+            [
+                "podman",
+                "run",
+                "-d",
+                "--net=host",
+                "--label",
+                "slurm-sglang.test=cycle",
+                info.image_id,
+                "sleep",
+                "600",
+            ],
+        )
+        assert len(containers_on(node, label="slurm-sglang.test=cycle")) == 1
+        while_up = snapshot.take()
         sandbox_down()
         after = snapshot.take()
         hosts_after = Path("/etc/hosts").read_text()
@@ -157,6 +176,7 @@ def test_down_then_up_leaves_the_machine_as_before(sandbox: SandboxInfo) -> None
 
     assert set(info.nodes) <= set(while_up["netns"]), "up created no namespaces?"
     assert "sbxbr0" in while_up["links"]
+    assert any(line.endswith((" conmon", " sleep")) for line in while_up["processes"])
     assert snapshot.differences(before, after) == {}
     assert HOSTS_MARKER not in hosts_after
     assert not fake_gpu_after
