@@ -238,6 +238,17 @@ def test_hung_worker_is_noticed_by_heartbeats(cluster: Cluster) -> None:
     assert "no heartbeat" in head.log()
 
 
+def test_head_binds_its_port_only_after_every_rank_loaded(cluster: Cluster) -> None:
+    head = cluster.start(0, cluster.group_args(2, 0, "--tp", "2"))
+    wait_until(lambda: "Waiting for 1 other node rank" in head.log(), "the head to listen")
+    assert http(cluster.url("/v1/models"))[0] == 0  # refused: no rank has joined
+
+    cluster.start(1, cluster.group_args(2, 1, "--tp", "2"), SGLANG_STANDIN_LOAD_SECONDS="600")
+    wait_until(lambda: "Load weight end." in head.log(), "the head to load")
+    assert http(cluster.url("/v1/models"))[0] == 0  # refused: node rank 1 is still loading
+    assert http(cluster.url("/health", node_rank=1))[0] == 0
+
+
 def test_health_is_503_during_warmup_while_models_answer(cluster: Cluster) -> None:
     args = ["--model-path", MODEL, "--port", str(cluster.http_port), "--tp", "2", "--dp", "2",
             "--enable-dp-attention", "--ep", "2", "--served-model-name", "standin"]  # fmt: skip

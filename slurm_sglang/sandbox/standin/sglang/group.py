@@ -20,6 +20,7 @@ from .standin_log import fatal, log
 
 PROTOCOL = "sglang-standin-group-1"
 MAX_MESSAGE_BYTES = 1 << 20
+JOIN_GRACE_SECONDS = 10.0
 Message = dict[str, Any]
 
 
@@ -320,7 +321,8 @@ class WorkerGroup:
         connection.send(self._me)
         _start_thread(self._listen_to_head, connection)
         _start_thread(self._heartbeat, connection)
-        remaining = max(timeout - (time.monotonic() - started), 0.0)
+        # A grace period lets rank 0, when alive, time out first and send the reason.
+        remaining = max(timeout - (time.monotonic() - started), 0.0) + JOIN_GRACE_SECONDS
         with self._condition:
             if not self._condition.wait_for(lambda: self._ranks is not None, remaining):
                 fatal(

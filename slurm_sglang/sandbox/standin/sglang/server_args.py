@@ -160,7 +160,7 @@ def validate(args: argparse.Namespace) -> None:
         raise ServerArgsError(
             f"tp_size ({args.tp_size}) must be divisible by attn_dp_size ({args.attn_dp_size})"
         )
-    if args.nnodes > 1 and not args.dist_init_addr:
+    if (args.nnodes > 1 or args.node_rank > 0) and not args.dist_init_addr:
         raise ServerArgsError("--dist-init-addr is required when --nnodes > 1")
     try:
         json.loads(args.json_model_override_args)
