@@ -265,7 +265,8 @@ def _resolve_data(name_or_path: str, seen: tuple[str, ...]) -> tuple[dict[str, A
     if parent:
         if not isinstance(parent, str):
             raise ProfileError(f"{source.path}: extends must be a profile name or path")
-        if "/" in parent and not parent.startswith("/") and source.path[0] != "<":
+        is_path = "/" in parent or parent.endswith((".yaml", ".yml"))
+        if is_path and not parent.startswith(("/", "~")) and not source.path.startswith("<"):
             parent = str(Path(source.path).parent / parent)
         parent_data, _ = _resolve_data(parent, (*seen, source.path))
         parent_data.pop("name", None)

@@ -1,0 +1,116 @@
+"""Rendering: every runtime x fabric partial, golden files, ShellCheck and bash -n."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from slurm_sglang.profile import ClusterProfile, builtin_profile_names, load_profile
+from slurm_sglang.render import RenderError, render_script
+
+REPO = Path(__file__).resolve().parents[2]
+GOLDEN = Path(__file__).parent / "golden"
+UPDATE = os.environ.get("SLURM_SGLANG_UPDATE_GOLDEN") == "1"
+UPDATE_HINT = "SLURM_SGLANG_UPDATE_GOLDEN=1 python -m pytest tests/unit/test_render.py"
+RUNTIMES = ("docker", "podman", "enroot", "apptainer", "none")
+FABRICS = ("tcp", "efa", "infiniband")
+
+
+def _profile(runtime: str, fabric: str) -> ClusterProfile:
+    return ClusterProfile.model_validate({
+        "name": f"{runtime}-{fabric}",
+        "container": {"runtime": runtime, "mounts": ["/data:/data:ro"],
+                      "run_args": ["--label", "site=a b"],
+                      "activate": ["source /shared/venv/bin/activate"]},
+        "fabric": {"kind": fabric, "env": {"NCCL_DEBUG": "WARN", "ODD": "a 'b' $c"}},
+        "slurm": {"partition": "gpu", "account": "ml team", "time": "04:00:00",
+                  "extra_directives": ["--mem=0"]},
+    })
+
+
+def _lint(script: str, tmp_path: Path) -> None:
+    path = tmp_path / "run.sbatch"
+    path.write_text(script)
+    subprocess.run(["bash", "-n", str(path)], check=True)
+    if shutil.which("shellcheck") is None:
+        pytest.fail("shellcheck is not installed: apt-get install shellcheck")
+    result = subprocess.run(["shellcheck", "-f", "gcc", str(path)], capture_output=True, text=True)
+    assert result.stdout == "", result.stdout
+
+
+def _compare_golden(name: str, script: str) -> None:
+    path = GOLDEN / f"{name}.sbatch"
+    if UPDATE:
+        path.write_text(script)
+        return
+    assert path.exists(), f"no golden file {path.name}; create it with: {UPDATE_HINT}"
+    expected = path.read_text()
+    if expected != script:
+        diff = "".join(difflib.unified_diff(expected.splitlines(True), script.splitlines(True),
+                                            str(path), "rendered", n=2))
+        pytest.fail(f"{path.name} differs from a fresh render:\n{diff[:6000]}\n"
+                    f"If the change is intended: {UPDATE_HINT}")
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("fabric", FABRICS)
+def test_every_runtime_and_fabric_renders_clean(runtime: str, fabric: str,
+                                                 tmp_path: Path) -> None:
+    script = render_script(_profile(runtime, fabric))
+    _lint(script, tmp_path)
+    _compare_golden(f"matrix-{runtime}-{fabric}", script)
+
+
+@pytest.mark.parametrize("name", builtin_profile_names())
+def test_builtin_profile_goldens(name: str, tmp_path: Path) -> None:
+    script = render_script(load_profile(name))
+    _lint(script, tmp_path)
+    _compare_golden(f"profile-{name}", script)
+
+
+def test_committed_run_sbatch_equals_fresh_render() -> None:
+    committed = (REPO / "sbatch" / "run.sbatch").read_text()
+    assert committed == render_script(load_profile("default")), (
+        "sbatch/run.sbatch is stale: python -m slurm_sglang render -o sbatch/run.sbatch")
+
+
+def test_values_are_quoted_once() -> None:
+    script = render_script(_profile("docker", "tcp"))
+    assert "#SBATCH --account=ml team" in script
+    assert "  export ODD='a '\"'\"'b'\"'\"' $c'" in script
+    assert "  RUN_ARGS+=(--label)\n  RUN_ARGS+=('site=a b')\n" in script
+
+
+def test_sbatch_header_from_profile() -> None:
+    script = render_script(_profile("docker", "tcp"), nodes=4)
+    header = [line for line in script.splitlines() if line.startswith("#SBATCH")]
+    assert header == [
+        "#SBATCH --job-name=sglang", "#SBATCH --nodes=4", "#SBATCH --partition=gpu",
+        "#SBATCH --account=ml team", "#SBATCH --time=04:00:00", "#SBATCH --gpus-per-node=8",
+        "#SBATCH --ntasks-per-node=1", "#SBATCH --exclusive", "#SBATCH --mem=0",
+    ]
+
+
+def test_admin_override_replaces_exactly_one_partial(tmp_path: Path) -> None:
+    partials = tmp_path / "partials"
+    partials.mkdir()
+    builtin = (REPO / "templates" / "partials" / "fabric_tcp.sh.j2").read_text()
+    (partials / "fabric_tcp.sh.j2").write_text(
+        builtin.replace("export NCCL_IB_DISABLE=1", "export NCCL_IB_DISABLE=1\n  export SITE_X=1"))
+    profile = ClusterProfile.model_validate({"template_dir": str(tmp_path)})
+    base = render_script(load_profile("default")).splitlines()
+    overridden = render_script(profile).splitlines()
+    added = [line for line in difflib.ndiff(base, overridden) if line[:2] in ("+ ", "- ")]
+    assert added == ["+   export SITE_X=1"]
+
+
+def test_missing_override_partial_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "run.sbatch.j2").write_text('{% include "partials/nope.sh.j2" %}\n')
+    profile = ClusterProfile.model_validate({"template_dir": str(tmp_path)})
+    with pytest.raises(RenderError, match="nope.sh.j2 not found"):
+        render_script(profile)
