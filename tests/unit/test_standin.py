@@ -23,6 +23,8 @@ from typing import Any
 import openai
 import pytest
 
+from slurm_sglang.sandbox.standin.sglang import generation, group, server_args
+
 STANDIN_ROOT = Path(__file__).resolve().parents[2] / "slurm_sglang" / "sandbox" / "standin"
 MODEL = "/models/standin-7b"
 JSON_OVERRIDE = '{"rope_scaling": {"type": "yarn", "factor": 4.0}, "note": "a b\'c $HOME"}'
@@ -463,3 +465,44 @@ def test_gpu_ordinal_past_visible_devices_fails_the_group(cluster: Cluster) -> N
     assert head.wait_exit() != 0
     assert "invalid device ordinal" in worker.log()
     assert "invalid device ordinal" in head.log()
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("10.0.0.1:5000", ("10.0.0.1", 5000)), ("head-0:29500", ("head-0", 29500)),
+     ("[fd00::1]:5000", ("fd00::1", 5000))],
+)  # fmt: skip
+def test_dist_init_addr_parses_hosts_and_bracketed_ipv6(
+    value: str, expected: tuple[str, int]
+) -> None:
+    assert group.parse_dist_init_addr(value) == expected
+
+
+@pytest.mark.parametrize("value", ["10.0.0.1", "fd00::1:5000", "[fd00::1]5000", "h:0", "h:x"])
+def test_dist_init_addr_refuses_malformed_values(value: str) -> None:
+    with pytest.raises(ValueError, match="dist-init-addr"):
+        group.parse_dist_init_addr(value)
+
+
+def test_parser_takes_sglang_prefixes_and_aliases() -> None:
+    args = server_args.parse_server_args(
+        ["--model", "m", "--tp", "4", "--dp", "2", "--ep", "8", "--pp-size", "2"]
+    )
+    assert (args.model_path, args.tp_size, args.dp_size, args.ep_size) == ("m", 4, 2, 8)
+    assert (args.pp_size, args.host, args.port, args.dist_timeout) == (2, "127.0.0.1", 30000, None)
+
+
+def test_generation_is_deterministic_and_honours_stop_and_max_tokens() -> None:
+    first = generation.generate("prompt", None, [], 0.0, None, 0)
+    assert first == generation.generate("prompt", None, [], 0.0, 123, 5)
+    assert first.finish_reason == "stop" and first.tokens
+    capped = generation.generate("prompt", 2, [], 0.0, None, 0)
+    assert (capped.text, capped.finish_reason) == (
+        "".join(choice.token for choice in first.tokens[:2]),
+        "length",
+    )
+    stop_word = first.tokens[1].token.strip()
+    stopped = generation.generate("prompt", None, [stop_word], 0.0, None, 0)
+    assert stopped.matched_stop == stop_word and stop_word not in stopped.text
+    sampled = {generation.generate("prompt", None, [], 1.0, 7, index).text for index in range(4)}
+    assert len(sampled) > 1
