@@ -261,7 +261,8 @@ class HeadGroup:
             message = connection.receive()
             if message is None:
                 self._lost(rank, "Connection closed by peer")
-            elif message.get("type") == "loaded":
+                return
+            if message.get("type") == "loaded":
                 with self._condition:
                     self._loaded.add(rank)
                     self._condition.notify_all()
@@ -276,19 +277,19 @@ class HeadGroup:
             with self._condition:
                 members = list(self._members.items())
             for rank, (connection, _) in members:
+                silent = time.monotonic() - connection.last_seen
                 if not connection.send({"type": "heartbeat"}):
                     self._lost(rank, "Connection closed by peer")
-                silent = time.monotonic() - connection.last_seen
-                if silent > timeout:
+                elif silent > timeout:
                     self._lost(rank, f"no heartbeat for {silent:.1f} s (peer hung or unreachable)")
 
     def _lost(self, rank: int, reason: str) -> None:
+        """Break the group because `rank` left, unless ranks leave on a ShutdownReq."""
         with self._condition:
             stopping = self._stopping
             hostname = self._members[rank][1].get("hostname") if rank in self._members else "?"
         if stopping:
-            # Ranks leave after ShutdownReq on purpose; the head is exiting anyway.
-            time.sleep(3600)
+            return
         self._break(f"RuntimeError: node rank {rank} ({hostname}) left the group: {reason}")
 
     def _break(self, reason: str) -> NoReturn:

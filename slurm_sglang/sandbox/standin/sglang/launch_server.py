@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 from . import __version__
 from .group import PROTOCOL as GROUP_PROTOCOL
 from .group import HeadGroup, Message, WorkerGroup, parse_dist_init_addr
-from .http_server import HeadHandler, WorkerHealthHandler, bind_http
+from .http_server import HeadHandler, StandinHTTPServer, WorkerHealthHandler, bind_http
 from .node import GpuError, check_gpus, gpus_per_node, node_gpus, node_hostname, node_ip
 from .server_args import ServerArgsError, describe, parse_server_args
 from .service import HeadService
@@ -33,7 +33,7 @@ def _wait_forever() -> NoReturn:
         time.sleep(3600)
 
 
-def _serve_in_background(server: Any) -> None:
+def _serve_in_background(server: StandinHTTPServer) -> None:
     threading.Thread(target=server.serve_forever, daemon=True).start()
 
 
@@ -54,7 +54,9 @@ def _describe_rank(args: argparse.Namespace, argv: list[str]) -> Message:
     }
 
 
-def _load_weights(args: argparse.Namespace, settings: StandinSettings, gpus: Any) -> None:
+def _load_weights(
+    args: argparse.Namespace, settings: StandinSettings, gpus: dict[str, Any]
+) -> None:
     """Imitate model loading: wait, then claim the GPUs (failing as CUDA would)."""
     log(f"Load weight begin. avail mem={AVAILABLE_MEMORY_GB:.2f} GB")
     time.sleep(settings.load_seconds)
