@@ -65,6 +65,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0 if current else 3
     except SandboxError as error:
         print(f"slurm-sglang sandbox: {error}", file=sys.stderr)
+        if args.verb == "up":
+            print(
+                "slurm-sglang sandbox: `down` removes whatever this `up` started; logs are in "
+                "the state directory's log/",
+                file=sys.stderr,
+            )
         return 1
     return 0
 
