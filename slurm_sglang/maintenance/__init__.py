@@ -1,0 +1,1 @@
+"""Maintenance scripts for the tables slurm-sglang ships (run by maintainers, not users)."""
