@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import os
 import subprocess
+import tarfile
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -86,45 +91,111 @@ def test_exclusive_gpu_allocation_sets_cuda_visible_devices(sandbox: SandboxInfo
     assert len({env["SLURMD_NODENAME"] for env in per_task.values()}) == 2
 
 
-def has_image(node: str, image_id: str) -> bool:
-    """Whether node's podman storage holds the image."""
-    return node_exec(node, ["podman", "image", "exists", image_id], check=False).returncode == 0
+def has_image(node: str, image: str) -> bool:
+    """Whether node's podman storage holds the image (ID or tag)."""
+    return node_exec(node, ["podman", "image", "exists", image], check=False).returncode == 0
 
 
-def test_podman_load_in_job_step_fills_only_that_node(sandbox: SandboxInfo) -> None:
-    assert sandbox.image_tarball is not None and sandbox.image_id, "sandbox up built no image"
-    tag = sandbox.image_id
-    target = next((node for node in reversed(sandbox.nodes) if not has_image(node, tag)), None)
-    if target is None:
-        pytest.skip("every node already holds the image; nothing to load")
-    holders_before = {node for node in sandbox.nodes if has_image(node, tag)}
+def tiny_image_tarball(directory: Path, tag: str) -> tuple[Path, str]:
+    """A one-file docker-archive image, gzipped like the data plane's; (path, image ID)."""
+    layer_buffer = io.BytesIO()
+    with tarfile.open(fileobj=layer_buffer, mode="w") as layer:
+        content = tag.encode()
+        info = tarfile.TarInfo("hello.txt")
+        info.size = len(content)
+        layer.addfile(info, io.BytesIO(content))
+    layer_bytes = layer_buffer.getvalue()
+    diff_id = hashlib.sha256(layer_bytes).hexdigest()
+    config = json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {},
+            "rootfs": {"type": "layers", "diff_ids": [f"sha256:{diff_id}"]},
+        }
+    ).encode()
+    image_id = hashlib.sha256(config).hexdigest()
+    manifest = json.dumps(
+        [{"Config": f"{image_id}.json", "RepoTags": [tag], "Layers": [f"{diff_id}/layer.tar"]}]
+    ).encode()
+    path = directory / "tiny-image.tar.gz"
+    with tarfile.open(path, mode="w:gz") as archive:
+        for name, data in (
+            (f"{image_id}.json", config),
+            (f"{diff_id}/layer.tar", layer_bytes),
+            ("manifest.json", manifest),
+        ):
+            member = tarfile.TarInfo(name)
+            member.size = len(data)
+            archive.addfile(member, io.BytesIO(data))
+    return path, image_id
 
-    started = time.monotonic()
-    decompress = subprocess.Popen(
-        ["pigz", "-dc", str(sandbox.image_tarball)], stdout=subprocess.PIPE
-    )
-    load = subprocess.run(
-        ["srun", "-N", "1", "-w", target, "podman", "load"],
-        stdin=decompress.stdout,
-        capture_output=True,
-        text=True,
-        timeout=JOB_TIMEOUT,
-        check=False,
-    )
-    assert decompress.stdout is not None
-    decompress.stdout.close()
-    decompress.wait()
-    print(f"podman load on {target}: {time.monotonic() - started:.1f} s")
+
+def load_in_job_step(node: str, tarball: Path) -> subprocess.CompletedProcess[str]:
+    """`pigz -dc TARBALL | srun -w NODE podman load`: a job step loads it on that node."""
+    decompress = subprocess.Popen(["pigz", "-dc", str(tarball)], stdout=subprocess.PIPE)
+    try:
+        return subprocess.run(
+            ["srun", "-N", "1", "-w", node, "podman", "load"],
+            stdin=decompress.stdout,
+            capture_output=True,
+            text=True,
+            timeout=JOB_TIMEOUT,
+            check=False,
+        )
+    finally:
+        assert decompress.stdout is not None
+        decompress.stdout.close()
+        decompress.wait()
+
+
+def test_podman_load_in_job_step_fills_only_that_node(sandbox: SandboxInfo, tmp_path: Path) -> None:
+    # An image of its own (unique tag): other users of the sandbox cannot race this test.
+    tag = f"localhost/sandbox-load-test:{uuid.uuid4().hex[:12]}"
+    tarball, image_id = tiny_image_tarball(tmp_path, tag)
+    target = sandbox.nodes[-1]
+
+    load = load_in_job_step(target, tarball)
     try:
         assert load.returncode == 0, load.stderr
-        assert f"{IMAGE_REPOSITORY}:" in load.stdout
-        holders_after = {node for node in sandbox.nodes if has_image(node, tag)}
-        assert holders_after == holders_before | {target}
+        assert tag in load.stdout
+        assert [node for node in sandbox.nodes if has_image(node, image_id)] == [target]
         host = subprocess.run(["podman", "image", "exists", tag], check=False)
         assert host.returncode != 0, "the host's own podman storage must not hold the image"
-        assert containers_on(target, label="slurm-sglang.test=none") == []
     finally:
-        node_exec(target, ["podman", "rmi", tag], check=False)
+        node_exec(target, ["podman", "rmi", "--force", tag], check=False)
+    assert not has_image(target, image_id)
+
+
+def test_standin_image_loads_and_runs_on_a_node(sandbox: SandboxInfo) -> None:
+    assert sandbox.image_tarball is not None and sandbox.image_id, "sandbox up built no image"
+    holders = [node for node in sandbox.nodes if has_image(node, sandbox.image_id)]
+    node = holders[0] if holders else sandbox.nodes[0]
+    if not holders:
+        started = time.monotonic()
+        load = load_in_job_step(node, sandbox.image_tarball)
+        print(f"podman load of the stand-in image on {node}: {time.monotonic() - started:.1f} s")
+        assert load.returncode == 0, load.stderr
+        assert f"{IMAGE_REPOSITORY}:" in load.stdout
+
+    output = slurm(
+        [
+            "srun",
+            "-N",
+            "1",
+            "-w",
+            node,
+            "podman",
+            "run",
+            "--rm",
+            "--net=host",
+            sandbox.image_id,
+            "python3",
+            "-c",
+            "import socket, sglang.launch_server; print(socket.gethostname())",
+        ]
+    )
+    assert output.split() == [node]
 
 
 def queue_is_empty() -> bool:
