@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import shutil
-import socket
-import stat
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -18,8 +14,7 @@ from typing import Any
 
 import yaml
 
-import slurm_sglang
-from slurm_sglang.sandbox import network, snapshot
+from slurm_sglang.sandbox import daemons, network, snapshot
 from slurm_sglang.sandbox.host import (
     SandboxError,
     ensure_packages,
@@ -28,7 +23,6 @@ from slurm_sglang.sandbox.host import (
     replace_with_backup,
     require_root,
     restore_backup,
-    run,
     write_marked_hosts,
 )
 from slurm_sglang.sandbox.image import build_standin_record, publish
@@ -37,8 +31,6 @@ from slurm_sglang.sandbox.layout import (
     CONTROLLER_ADDRESS,
     IMAGE_NAME_IN_SHARED,
     MAX_NODES,
-    NODE_PRIVATE_DIRS,
-    NODE_TMPFS_DIRS,
     PARTITION,
     Layout,
     SandboxInfo,
@@ -56,18 +48,8 @@ from slurm_sglang.sandbox.nodes import (
     read_pid,
     terminate,
 )
-from slurm_sglang.sandbox.slurm_config import (
-    hardware_fields,
-    render_gres_conf,
-    render_slurm_conf,
-)
 
-SLURM_CONF = Path("/etc/slurm/slurm.conf")
-GRES_CONF = Path("/etc/slurm/gres.conf")
 CONTAINERS_CONF = Path("/etc/containers/containers.conf")
-MUNGE_KEY = Path("/etc/munge/munge.key")
-MUNGE_RUN_DIR = Path("/run/munge")
-MUNGED_PID_FILE = MUNGE_RUN_DIR / "munged.pid"
 CONTAINERS_CONF_TEXT = """\
 # Written by the slurm-sglang sandbox; `sandbox down` restores the previous file.
 [containers]
@@ -80,7 +62,6 @@ runtime = "runc"
 cgroup_manager = "cgroupfs"
 events_logger = "file"
 """
-READY_TIMEOUT_SECONDS = 60.0
 
 
 @contextmanager
@@ -186,10 +167,10 @@ def _bring_up(layout: Layout, nodes: int, gpus_per_node: int, allow_install: boo
         layout.backup,
     ):
         directory.mkdir(parents=True, exist_ok=True)
-    _start_munge(created)
+    daemons.start_munge(created)
     write_state(layout, info)
     replace_with_backup(CONTAINERS_CONF, layout.backup, content=CONTAINERS_CONF_TEXT)
-    created["fake_gpus"] = _make_fake_gpus(gpus_per_node)
+    created["fake_gpus"] = daemons.make_fake_gpus(gpus_per_node)
     created["run_netns_existed"] = network.NETNS_DIR.exists()
     created["run_netns_was_mounted"] = network.netns_dir_is_mounted()
     write_state(layout, info)
@@ -198,124 +179,12 @@ def _bring_up(layout: Layout, nodes: int, gpus_per_node: int, allow_install: boo
     for index in range(1, nodes + 1):
         network.create_node_network(index)
     write_marked_hosts(info.addresses)
-    _write_slurm_configs(layout, info)
-    _start_slurmctld(layout)
+    daemons.write_slurm_configs(layout, info)
+    daemons.start_slurmctld(layout)
     for node in names:
-        _start_slurmd(layout, node)
-    _wait_for_nodes(names)
+        daemons.start_slurmd(layout, node)
+    daemons.wait_for_nodes(names)
     return _refresh_image(layout, info)
-
-
-def _start_munge(created: dict[str, Any]) -> None:
-    if run(["munge", "-n"], check=False).returncode == 0:
-        return
-    if not MUNGE_KEY.exists():
-        MUNGE_KEY.parent.mkdir(parents=True, exist_ok=True)
-        MUNGE_KEY.write_bytes(os.urandom(1024))
-        created["munge_key"] = True
-    shutil.chown(MUNGE_KEY, "munge", "munge")
-    MUNGE_KEY.chmod(0o400)
-    for directory in (MUNGE_RUN_DIR, Path("/var/lib/munge"), Path("/var/log/munge")):
-        directory.mkdir(parents=True, exist_ok=True)
-        shutil.chown(directory, "munge", "munge")
-    run(["runuser", "-u", "munge", "--", "munged"])
-    created["munged_pid"] = _wait_for(lambda: read_pid(MUNGED_PID_FILE), "munged to start")
-    _wait_for(lambda: run(["munge", "-n"], check=False).returncode == 0 or None, "munge to answer")
-
-
-def _make_fake_gpus(count: int) -> list[str]:
-    made: list[str] = []
-    for index in range(count):
-        path = Path(f"/dev/fakegpu{index}")
-        if not path.exists():
-            # The same major:minor as /dev/null: harmless to open, visible as a device file.
-            os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
-            made.append(str(path))
-    return made
-
-
-def _write_slurm_configs(layout: Layout, info: SandboxInfo) -> None:
-    hardware = hardware_fields(run(["slurmd", "-C"]).stdout)
-    controller_host = socket.gethostname().split(".")[0]
-    layout.slurm_conf.write_text(
-        render_slurm_conf(
-            layout,
-            controller_host,
-            info.controller_address,
-            info.addresses,
-            info.gpus_per_node,
-            hardware,
-            first_job_id=_saved_next_job_id(layout),
-        )
-    )
-    layout.gres_conf.write_text(render_gres_conf(list(info.nodes), info.gpus_per_node))
-    replace_with_backup(SLURM_CONF, layout.backup, symlink_to=layout.slurm_conf)
-    replace_with_backup(GRES_CONF, layout.backup, symlink_to=layout.gres_conf)
-
-
-def _start_slurmctld(layout: Layout) -> None:
-    run(["slurmctld", "-i"])
-    _wait_for(lambda: read_pid(layout.slurmctld_pid_file), "slurmctld to start")
-    _wait_for(
-        lambda: "UP" in run(["scontrol", "ping"], check=False).stdout or None, "slurmctld to answer"
-    )
-
-
-def _start_slurmd(layout: Layout, node: str) -> None:
-    boot = [sys.executable, "-m", "slurm_sglang.sandbox.node_boot", "--hostname", node]
-    for inside in NODE_PRIVATE_DIRS:
-        source = layout.node_dir(node, inside)
-        source.mkdir(parents=True, exist_ok=True)
-        if inside == "/tmp":
-            source.chmod(0o1777)
-        Path(inside).mkdir(parents=True, exist_ok=True)
-        boot += ["--bind", f"{source}:{inside}"]
-    for inside in NODE_TMPFS_DIRS:
-        Path(inside).mkdir(parents=True, exist_ok=True)
-        boot += ["--tmpfs", inside]
-    argv = [
-        "nsenter",
-        f"--net={network.netns_path(node)}",
-        "unshare",
-        "--uts",
-        "--mount",
-        "--propagation",
-        "private",
-        *boot,
-        "--",
-        "slurmd",
-        "-N",
-        node,
-    ]
-    package_parent = str(Path(slurm_sglang.__file__).resolve().parent.parent)
-    python_path = os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")]))
-    run(argv, env={**os.environ, "PYTHONPATH": python_path}, timeout=60)
-    _wait_for(lambda: read_pid(layout.slurmd_pid_file(node)), f"slurmd on {node} to start")
-
-
-def _wait_for_nodes(names: tuple[str, ...]) -> None:
-    def all_ready() -> bool | None:
-        output = run(["sinfo", "-h", "-N", "-p", PARTITION, "-o", "%N %T"], check=False).stdout
-        states = dict(line.split() for line in output.splitlines() if len(line.split()) == 2)
-        ready = all(
-            states.get(name, "").rstrip("*") in {"idle", "mixed", "allocated"}
-            and not states[name].endswith("*")
-            for name in names
-        )
-        return ready or None
-
-    _wait_for(all_ready, "every node to register idle")
-
-
-def _wait_for(probe: Any, what: str, timeout: float = READY_TIMEOUT_SECONDS) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise SandboxError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.2)
 
 
 def _refresh_image(layout: Layout, info: SandboxInfo) -> SandboxInfo:
@@ -366,25 +235,8 @@ def sandbox_down(purge: bool = False) -> None:
         shutil.rmtree(layout.root, ignore_errors=True)
 
 
-def _saved_next_job_id(layout: Layout) -> int:
-    try:
-        return max(1, int(layout.next_job_id_file.read_text().strip()))
-    except (FileNotFoundError, ValueError):
-        return 1
-
-
-def _save_next_job_id(layout: Layout) -> None:
-    if read_pid(layout.slurmctld_pid_file) is None:
-        return
-    config = run(["scontrol", "show", "config"], check=False, timeout=30).stdout
-    for line in config.splitlines():
-        name, _, value = line.partition("=")
-        if name.strip() == "NEXT_JOB_ID" and value.strip().isdigit():
-            layout.next_job_id_file.write_text(value.strip() + "\n")
-
-
 def _take_down(layout: Layout, info: SandboxInfo | None) -> None:
-    _save_next_job_id(layout)
+    daemons.save_next_job_id(layout)
     names = list(info.nodes) if info else []
     names += [name for name in network.sandbox_netns_names() if name not in names]
     created: dict[str, Any] = info.created if info else {}
@@ -416,12 +268,12 @@ def _take_down(layout: Layout, info: SandboxInfo | None) -> None:
     ):
         network.NETNS_DIR.rmdir()
     remove_marked_hosts()
-    for target in (SLURM_CONF, GRES_CONF, CONTAINERS_CONF):
+    for target in (daemons.SLURM_CONF, daemons.GRES_CONF, CONTAINERS_CONF):
         restore_backup(target, layout.backup)
     for device in created.get("fake_gpus", []):
         Path(device).unlink(missing_ok=True)
     if created.get("munge_key"):
-        MUNGE_KEY.unlink(missing_ok=True)
+        daemons.MUNGE_KEY.unlink(missing_ok=True)
     for directory in (layout.nodes, layout.spool, layout.run, layout.controller_state, layout.etc):
         shutil.rmtree(directory, ignore_errors=True)
     layout.state_file.unlink(missing_ok=True)
