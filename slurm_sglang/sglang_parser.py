@@ -32,16 +32,16 @@ INSTALL_HINT = "install: tests/sglang_parser/install.sh"
 SKIPPED_MESSAGE = f"skipped: sglang not importable ({INSTALL_HINT})"
 SERVE_FLAG = "--serve-stdin"
 SUBPROCESS_TIMEOUT_S = 300
-# Where tests/sglang_parser/install.sh puts the parser by default.
-DEFAULT_PARSER_VENV = (
-    Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    / "slurm-sglang"
-    / "sglang-0.5.23-parser"
-)
 # Nothing in prepare_server_args should reach the network; these make sure of it.
 OFFLINE_ENVIRONMENT = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 Status = Literal["ok", "error", "skipped"]
+
+
+def default_parser_venv() -> Path:
+    """Where tests/sglang_parser/install.sh puts the parser when given no directory."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "slurm-sglang" / "sglang-0.5.23-parser"
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ def candidate_pythons(python: str | None = None) -> list[str]:
     if python:
         return [python]
     candidates = [os.environ.get(PYTHON_ENV, "")]
-    candidates.append(str(DEFAULT_PARSER_VENV / "bin" / "python"))
+    candidates.append(str(default_parser_venv() / "bin" / "python"))
     candidates.append(sys.executable)
     return [c for c in dict.fromkeys(candidates) if c and Path(c).exists()]
 
