@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from slurm_sglang.jobs import JobProgress, JobRecord, JobStatus
 from slurm_sglang.profile import ClusterProfile, load_profile
 from slurm_sglang.spec import (
     Parallelism,
     ServeSpec,
-    SpecError,
     build_spec,
     check_parallelism,
     nodes_needed,
 )
+
+if TYPE_CHECKING:
+    from slurm_sglang.transport import Transport
 
 
 @dataclass(frozen=True)
@@ -57,8 +62,12 @@ def check(
     **settings: object,
 ) -> CheckReport:
     """Validate a serve request against a profile without touching SLURM."""
+    from slurm_sglang.sglang_flags import LATEST_KNOWN, check_known_flags, rewrite_argv
+
     profile = load_profile(cluster)
-    spec = build_spec(sglang_args, nodes=nodes, **settings)
+    version = profile.sglang_version or LATEST_KNOWN
+    rewritten = rewrite_argv(sglang_args, version)
+    spec = build_spec(rewritten.argv, nodes=nodes, **settings)
     parallelism = spec.parallelism
     gpus_per_node = profile.slurm.gpus_per_node
     implied = nodes_needed(parallelism, gpus_per_node)
@@ -66,7 +75,12 @@ def check(
     problems = check_parallelism(parallelism, chosen, gpus_per_node)
     if nodes and nodes < implied:
         problems.insert(0, f"--nodes {nodes} is fewer than the {implied} the sizes need")
-    notes = []
+    notes = list(rewritten.notes)
+    for flag_problem in check_known_flags(spec.sglang_args, version):
+        if flag_problem.severity == "error":
+            problems.append(flag_problem.message)
+        else:
+            notes.append(flag_problem.message)
     if parallelism.replicas > 1 and chosen > 1 and not parallelism.dp_attention:
         notes.append(
             f"--dp {parallelism.dp} on {chosen} nodes: sglang refuses multi-node data-parallel "
@@ -76,4 +90,166 @@ def check(
     return CheckReport(spec, profile, chosen, parallelism, problems, notes)
 
 
-__all__ = ["CheckReport", "SpecError", "check", "render", "render_to"]
+
+
+# ---- the job's life: submit, follow, status, logs, endpoint, cancel ---------------------------
+
+
+@dataclass(frozen=True)
+class JobView:
+    """A job as the user sees it: record, status, progress and endpoint."""
+
+    record: JobRecord
+    status: JobStatus
+    queue_state: str | None
+    progress: JobProgress
+    endpoint: dict[str, object] | None
+
+
+def _open_transport(host: str, trust_new_host: bool = False) -> Transport:
+    from slurm_sglang.transport import transport_for
+
+    return transport_for(host or None, trust_new_host=trust_new_host)
+
+
+def submit(
+    sglang_args: Sequence[str],
+    cluster: str = "default",
+    nodes: int | None = None,
+    *,
+    time: str = "",
+    partition: str = "",
+    name: str = "sglang",
+    image: str = "",
+    port: int = 30000,
+    health_timeout: int = 1800,
+    workspace: str = "",
+    ssh: str = "",
+    trust_new_host: bool = False,
+) -> JobRecord:
+    """Validate, render and submit; records the job and returns its record. Raises on bad input."""
+    from slurm_sglang.errors import UserInputError
+    from slurm_sglang.jobs import save_record
+    from slurm_sglang.render import render_script
+    from slurm_sglang.submit import SubmitRequest, submit_local, submit_remote, time_minutes
+
+    if time:
+        time_minutes(time)
+    report = check(sglang_args, cluster, nodes, port=port, health_timeout=health_timeout,
+                   image=image)
+    if report.problems:
+        raise UserInputError("; ".join(report.problems))
+    profile = report.profile
+    workspace = workspace or profile.paths.workspace or str(Path.cwd())
+    if not ssh:
+        if not Path(workspace).is_dir():
+            raise UserInputError(f"--workspace: {workspace} is not a directory")
+        image_file = image.endswith((".tar", ".tar.gz", ".tgz", ".tar.zst", ".sqsh", ".sif"))
+        if image_file and not Path(image).is_file():
+            raise UserInputError(f"--image: {image} does not exist (make it: docker save IMG | gzip)")
+    script_args: list[str] = ["--workspace", workspace, "--port", str(port),
+                              "--health-timeout", str(health_timeout)]
+    if image:
+        script_args += ["--image", image]
+    script_args += ["--", *report.spec.sglang_args]
+    request = SubmitRequest(
+        profile=profile, cluster=cluster, script_text=render_script(profile, report.nodes),
+        script_args=tuple(script_args), nodes=report.nodes, workspace=workspace, job_name=name,
+        time=time, partition=partition,
+    )
+    if ssh:
+        with _open_transport(ssh, trust_new_host) as transport:
+            record = submit_remote(request, transport, ssh)
+    else:
+        record = submit_local(request)
+    save_record(record)
+    return record
+
+
+def job_view(record: JobRecord, transport: Transport | None = None) -> JobView:
+    """Read the job's queue state and its own status files into one view."""
+    from slurm_sglang.jobs import read_progress, status_from
+    from slurm_sglang.submit import queue_state
+
+    own_transport = transport is None
+    transport = transport or _open_transport(record.host)
+    try:
+        queue = queue_state(transport, record.job_id)
+        state = _read_optional(transport, f"{record.log_dir}/state")
+        events = _read_optional(transport, f"{record.log_dir}/events.log") or ""
+        endpoint_text = _read_optional(transport, f"{record.log_dir}/endpoint.json")
+    finally:
+        if own_transport:
+            transport.close()
+    status = status_from(queue, state)
+    endpoint = json.loads(endpoint_text) if endpoint_text and status is JobStatus.READY else None
+    return JobView(record, status, queue, read_progress(events), endpoint)
+
+
+def _read_optional(transport: Transport, path: str) -> str | None:
+    from slurm_sglang.transport import FileMissingError
+
+    try:
+        return transport.read_text(path)
+    except FileMissingError:
+        return None
+
+
+def follow(
+    record: JobRecord,
+    on_change: Callable[[JobView], None],
+    timeout: float | None = None,
+    interval: float = 0.5,
+) -> JobView:
+    """Poll the job until it is ready or finished, calling on_change when its phase moves."""
+    import time as clock
+
+    deadline = None if timeout is None else clock.monotonic() + timeout
+    last: tuple[object, ...] = ()
+    with _open_transport(record.host) as transport:
+        while True:
+            view = job_view(record, transport)
+            key = (view.status, view.progress.phase, view.queue_state)
+            if key != last:
+                on_change(view)
+                last = key
+            if view.status is JobStatus.READY or view.status.finished:
+                return view
+            if deadline is not None and clock.monotonic() > deadline:
+                return view
+            clock.sleep(interval)
+
+
+def cancel(record: JobRecord, timeout: float = 60) -> JobView:
+    """scancel the job and wait until SLURM has ended it and every rank has stopped."""
+    import time as clock
+
+    from slurm_sglang.submit import cancel_job
+
+    with _open_transport(record.host) as transport:
+        cancel_job(transport, record.job_id)
+        deadline = clock.monotonic() + timeout
+        view = job_view(record, transport)
+        while view.queue_state is not None and clock.monotonic() < deadline:
+            clock.sleep(0.3)
+            view = job_view(record, transport)
+    return view
+
+
+def log_path(record: JobRecord, node: str | None = None, rank: int | None = None) -> str:
+    """The driver's log, or one rank's log picked by node name or rank number."""
+    if node is None and rank is None:
+        return record.driver_log
+    with _open_transport(record.host) as transport:
+        listing = transport.run(["ls", "-1", record.log_dir], check=False).stdout.split()
+    for name in listing:
+        parts = name.removesuffix(".log").split("-", 2)
+        if len(parts) == 3 and parts[0] == "rank" and name.endswith(".log") and (
+            (rank is not None and parts[1] == str(rank)) or (node is not None and parts[2] == node)
+        ):
+            return f"{record.log_dir}/{name}"
+    wanted = f"node {node}" if node is not None else f"rank {rank}"
+    from slurm_sglang.errors import UserInputError
+
+    ranks = [name for name in listing if name.startswith("rank-")]
+    raise UserInputError(f"no log for {wanted} in {record.log_dir} (have: {', '.join(ranks)})")

@@ -5,8 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
+
+from slurm_sglang.jobs import JobRecord, JobStatus, find_record, list_records
+
+if TYPE_CHECKING:
+    from slurm_sglang import api
 
 PROG = "slurm-sglang"
 EXIT_USAGE = 2
@@ -70,6 +77,160 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0 if report.ok else EXIT_USAGE
 
 
+def _print_phase(view: api.JobView, started: float, stream: TextIO) -> None:
+    elapsed = time.monotonic() - started
+    if view.status is JobStatus.PENDING:
+        phase = f"queued ({view.queue_state or 'PENDING'})"
+    elif view.status.finished:
+        phase = view.status.value
+    else:
+        phase = view.progress.phase
+    print(f"[{elapsed:6.1f}s] job {view.record.job_id}: {phase}", file=stream, flush=True)
+
+
+def _ready_text(view: api.JobView) -> str:
+    endpoint = view.endpoint or {}
+    url = str(endpoint.get("url", view.progress.ready_url))
+    model = str(endpoint.get("model", ""))
+    return "\n".join([
+        f"ready: {url}",
+        "",
+        "  curl:",
+        f"    curl {url}/v1/chat/completions -H 'Content-Type: application/json' \\",
+        f"      -d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", "
+        "\"content\": \"Hello\"}], \"max_tokens\": 50}'",
+        "  python:",
+        "    from openai import OpenAI",
+        f"    client = OpenAI(base_url=\"{url}/v1\", api_key=\"none\")",
+        f"    client.chat.completions.create(model=\"{model}\", "
+        "messages=[{\"role\": \"user\", \"content\": \"Hello\"}])",
+        "",
+        f"  stop it with: python -m slurm_sglang cancel {view.record.job_id}",
+    ])
+
+
+def _view_dict(view: api.JobView) -> dict[str, object]:
+    return {
+        "job_id": view.record.job_id,
+        "host": view.record.host or "local",
+        "status": view.status.value,
+        "queue_state": view.queue_state,
+        "phase": view.progress.phase,
+        "url": (view.endpoint or {}).get("url") or view.progress.ready_url or None,
+        "endpoint": view.endpoint,
+        "failures": view.progress.failures,
+        "log_dir": view.record.log_dir,
+        "driver_log": view.record.driver_log,
+    }
+
+
+def _follow_until_ready(args: argparse.Namespace, record: JobRecord) -> int:
+    from slurm_sglang import api
+
+    started = time.monotonic()
+    stream = sys.stderr
+    try:
+        view = api.follow(record, lambda view: None if args.json else _print_phase(
+            view, started, stream), timeout=args.timeout)
+    except KeyboardInterrupt:
+        print(f"\nstopped following; the job runs on. Cancel it with: "
+              f"python -m slurm_sglang cancel {record.job_id}", file=sys.stderr)
+        return 130
+    if view.status is JobStatus.READY:
+        _emit(args, _view_dict(view), _ready_text(view))
+        return 0
+    _emit(args, _view_dict(view), "\n".join(
+        [f"job {record.job_id} {view.status.value}", *view.progress.failures,
+         f"driver log: {record.driver_log}"]))
+    return 1
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    """Validate, render, submit, then follow the job until it serves."""
+    from slurm_sglang import api
+
+    record = api.submit(
+        args.sglang_args, args.cluster, args.nodes, time=args.time or "",
+        partition=args.partition or "", name=args.name, image=args.image or "", port=args.port,
+        health_timeout=args.health_timeout, workspace=args.workspace or "", ssh=args.ssh or "",
+        trust_new_host=args.trust_new_host)
+    if not args.json:
+        where = f" on {record.host}" if record.host else ""
+        print(f"submitted job {record.job_id}{where}; logs in {record.log_dir}", file=sys.stderr)
+    if not args.wait:
+        _emit(args, {"job_id": record.job_id, "log_dir": record.log_dir}, record.job_id)
+        return 0
+    return _follow_until_ready(args, record)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """One job's status (the latest by default)."""
+    from slurm_sglang import api
+
+    view = api.job_view(find_record(args.job))
+    text = f"job {view.record.job_id}: {view.status.value} ({view.progress.phase})"
+    if view.endpoint:
+        text += f"\n  url: {view.endpoint.get('url')}"
+    text += "".join(f"\n  {failure}" for failure in view.progress.failures)
+    _emit(args, _view_dict(view), text)
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """Every recorded job, newest first."""
+    records = list_records()
+    rows = [{"job_id": r.job_id, "host": r.host or "local", "cluster": r.cluster,
+             "submitted_at": r.submitted_at, "name": r.name} for r in records]
+    lines = [f"{'JOB':>8}  {'HOST':<14} {'CLUSTER':<20} SUBMITTED"] + [
+        f"{r['job_id']:>8}  {r['host']:<14} {r['cluster']:<20} {r['submitted_at']}" for r in rows]
+    _emit(args, rows, "\n".join(lines))
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    """Print the driver's log or one rank's; --follow keeps reading."""
+    from slurm_sglang import api
+    from slurm_sglang.transport import transport_for
+
+    record = find_record(args.job)
+    path = api.log_path(record, args.node, args.rank)
+    offset = 0
+    with transport_for(record.host or None) as transport:
+        while True:
+            chunk = transport.read_bytes_from(path, offset)
+            if chunk:
+                sys.stdout.write(chunk.decode(errors="replace"))
+                sys.stdout.flush()
+                offset += len(chunk)
+            if not args.follow:
+                return 0
+            time.sleep(0.5)
+
+
+def cmd_endpoint(args: argparse.Namespace) -> int:
+    """The URL once the job is healthy; exit 1 until then."""
+    from slurm_sglang import api
+
+    view = api.job_view(find_record(args.job))
+    if view.status is not JobStatus.READY or not view.endpoint:
+        _emit(args, _view_dict(view), f"job {view.record.job_id} is {view.status.value}, not ready")
+        return 1
+    _emit(args, view.endpoint, str(view.endpoint["url"]))
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    """scancel the job and confirm SLURM ended it."""
+    from slurm_sglang import api
+
+    view = api.cancel(find_record(args.job), timeout=args.timeout or 60)
+    if view.queue_state is not None:
+        _emit(args, _view_dict(view), f"job {view.record.job_id} still {view.queue_state}")
+        return 1
+    _emit(args, _view_dict(view), f"job {view.record.job_id} cancelled ({view.status.value})")
+    return 0
+
+
 def cmd_sandbox(args: argparse.Namespace) -> int:
     """Bring the local multi-node sandbox up or down, or show it."""
     from slurm_sglang.sandbox import cluster
@@ -94,6 +255,20 @@ def _profile_cluster_option(parser: argparse.ArgumentParser) -> None:
         "--cluster", default="default", metavar="NAME|FILE",
         help="built-in profile name or a profile YAML file (default: default)",
     )
+
+
+def _ssh_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ssh", metavar="HOST",
+                        help="work on HOST over SSH (~/.ssh/config alias or [user@]host[:port])")
+    parser.add_argument("--trust-new-host", action="store_true",
+                        help="accept and record an unknown SSH host key (check its fingerprint)")
+
+
+def _port(text: str) -> int:
+    value = _positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a TCP port (1-65535)")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -131,6 +306,45 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true", help="print one JSON object")
     check.add_argument("sglang_args", nargs=argparse.REMAINDER, help="-- then sglang's arguments")
     check.set_defaults(handler=cmd_check)
+
+    submit = verbs.add_parser("submit", help="submit a serving job and follow it until ready")
+    _profile_cluster_option(submit)
+    submit.add_argument("--nodes", type=_positive_int, help="nodes (default: what tp*pp*dp needs)")
+    submit.add_argument("--time", help="time limit (e.g. 04:00:00; default: the profile's)")
+    submit.add_argument("--partition", help="SLURM partition (default: the profile's)")
+    submit.add_argument("--name", default="sglang", help="job name (default: sglang)")
+    submit.add_argument("--image", help="image tarball or registry reference")
+    submit.add_argument("--port", type=_port, default=30000, help="HTTP port (default 30000)")
+    submit.add_argument("--health-timeout", type=_positive_int, default=1800,
+                        help="seconds to wait for /health (default 1800)")
+    submit.add_argument("--workspace", help="shared directory for scripts and logs")
+    submit.add_argument("--wait", action=argparse.BooleanOptionalAction, default=True,
+                        help="follow the job until it serves (default) or return at once")
+    submit.add_argument("--timeout", type=float, help="stop following after this many seconds")
+    _ssh_options(submit)
+    submit.add_argument("--json", action="store_true", help="print one JSON object")
+    submit.add_argument("sglang_args", nargs=argparse.REMAINDER, help="-- then sglang's arguments")
+    submit.set_defaults(handler=cmd_submit)
+
+    for verb, handler, text in (
+        ("status", cmd_status, "a job's status (default: the latest)"),
+        ("endpoint", cmd_endpoint, "a job's URL once healthy (exit 1 until then)"),
+        ("cancel", cmd_cancel, "scancel a job and confirm it ended"),
+        ("logs", cmd_logs, "a job's driver log, or one rank's"),
+    ):
+        sub = verbs.add_parser(verb, help=text)
+        sub.add_argument("job", nargs="?", help="job id (default: the latest)")
+        sub.add_argument("--json", action="store_true", help="print JSON")
+        sub.set_defaults(handler=handler)
+        if verb == "logs":
+            sub.add_argument("--node", help="this node's rank log")
+            sub.add_argument("--rank", type=int, help="this rank's log")
+            sub.add_argument("--follow", "-F", action="store_true", help="keep reading")
+        if verb == "cancel":
+            sub.add_argument("--timeout", type=float, help="seconds to wait (default 60)")
+    listing = verbs.add_parser("list", help="recorded jobs, newest first")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    listing.set_defaults(handler=cmd_list)
 
     sandbox = verbs.add_parser("sandbox", help="a local multi-node SLURM cluster (root)")
     sandbox.add_argument("sandbox_verb", choices=["up", "down", "status"])

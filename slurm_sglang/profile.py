@@ -127,6 +127,22 @@ class PreflightSettings(_Strict):
     nccl_min_busbw_gbps: float = Field(default=0.0, ge=0)
 
 
+class RouterSettings(_Strict):
+    """Where sglang-router comes from when --dp N spans nodes as replicas, and its policy."""
+
+    source: Literal["image", "venv", "none"] = "image"
+    venv: str = ""
+    policy: Literal["cache_aware", "round_robin", "random", "power_of_two"] = "cache_aware"
+
+    @field_validator("venv")
+    @classmethod
+    def _venv(cls, venv: str) -> str:
+        _no_newlines(venv, "router.venv")
+        if venv and not venv.startswith("/"):
+            raise ValueError(f"router.venv {venv!r} must be an absolute path on shared storage")
+        return venv
+
+
 class ClusterProfile(_Strict):
     """One cluster's settings: SLURM, fabric, container, paths and pre-flight."""
 
@@ -140,6 +156,7 @@ class ClusterProfile(_Strict):
     container: ContainerSettings = Field(default_factory=ContainerSettings)
     paths: PathSettings = Field(default_factory=PathSettings)
     preflight: PreflightSettings = Field(default_factory=PreflightSettings)
+    router: RouterSettings = Field(default_factory=RouterSettings)
 
     @property
     def container_cli(self) -> str:
@@ -194,8 +211,9 @@ def _key_lines(text: str) -> dict[tuple[str, ...], int]:
                 walk(value_node, key)
         elif isinstance(node, yaml.SequenceNode):
             for index, item in enumerate(node.value):
-                lines[(*prefix, str(index))] = item.start_mark.line + 1
-                walk(item, (*prefix, str(index)))
+                item_key = (*prefix, str(index))
+                lines[item_key] = item.start_mark.line + 1
+                walk(item, item_key)
 
     if root is not None:
         walk(root, ())
@@ -212,7 +230,7 @@ def _parse_yaml(source: ProfileSource) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ProfileError(f"{source.path}: a profile is a mapping of keys (slurm:, container:, ...)")
+        raise ProfileError(f"{source.path}: a profile is a mapping (slurm:, container:, ...)")
     return data
 
 

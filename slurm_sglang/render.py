@@ -142,7 +142,8 @@ def render_script(profile: ClusterProfile, nodes: int | None = None) -> str:
         template = env.get_template(MAIN_TEMPLATE)
         text = template.render(ctx=build_context(profile, nodes))
     except jinja2.TemplateNotFound as exc:
-        raise RenderError(f"template {exc.name} not found in {template_search_path(profile)}") from exc
+        searched = ", ".join(str(path) for path in template_search_path(profile))
+        raise RenderError(f"template {exc.name} not found in {searched}") from exc
     except jinja2.UndefinedError as exc:
         raise RenderError(f"template error: {exc.message}") from exc
     return text

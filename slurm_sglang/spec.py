@@ -13,6 +13,8 @@ from math import ceil
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from slurm_sglang.errors import UserInputError
+
 # Every spelling sglang 0.5.23 accepts for a parallel size (argparse prefixes included), and
 # the seed's short forms. --pp is ambiguous to sglang itself; sglang_flags rewrites it.
 PARALLEL_FLAGS: dict[str, tuple[str, ...]] = {
@@ -33,7 +35,7 @@ RESERVED_FLAGS: dict[str, str] = {
 MODEL_FLAGS = ("--model-path", "--model")
 
 
-class SpecError(ValueError):
+class SpecError(UserInputError):
     """An invalid serve request; the message names the flag and the fix."""
 
 
@@ -190,7 +192,7 @@ class ServeSpec(BaseModel):
             if reason:
                 raise ValueError(f"{_flag_name(token)} is set by the launcher: {reason}")
         if find_option(argv, MODEL_FLAGS) is None:
-            raise ValueError("--model-path is required (e.g. --model-path Qwen/Qwen2.5-7B-Instruct)")
+            raise ValueError("--model-path is required (e.g. --model-path Qwen/Qwen2.5-7B)")
         parse_parallelism(argv)
         return argv
 

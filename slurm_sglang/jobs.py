@@ -1,0 +1,227 @@
+"""Job records and the job's own status files, read into a status enum.
+
+The data plane publishes what it knows in ``logs/<jobid>/``: ``state`` (one word),
+``events.log`` (one timestamped line per event) and ``endpoint.json``. This module turns those
+files into a :class:`JobProgress` without any I/O of its own, so it is tested from recorded lines.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class JobStatus(str, enum.Enum):
+    """Where a serving job is in its life."""
+
+    PENDING = "pending"
+    STARTING = "starting"
+    PREPARING = "preparing"
+    LAUNCHING = "launching"
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+    STOPPED = "stopped"
+    UNKNOWN = "unknown"
+
+    @property
+    def finished(self) -> bool:
+        """True once the job can no longer become ready."""
+        return self in (JobStatus.FAILED, JobStatus.STOPPED)
+
+
+_STATE_WORDS = {
+    "starting": JobStatus.STARTING,
+    "preparing": JobStatus.PREPARING,
+    "launching": JobStatus.LAUNCHING,
+    "loading": JobStatus.LOADING,
+    "ready": JobStatus.READY,
+    "failed": JobStatus.FAILED,
+    "stopped": JobStatus.STOPPED,
+}
+_QUEUE_STATES = {
+    "PENDING": JobStatus.PENDING,
+    "CONFIGURING": JobStatus.PENDING,
+    "REQUEUED": JobStatus.PENDING,
+    "RUNNING": JobStatus.STARTING,
+    "COMPLETING": JobStatus.STOPPED,
+    "COMPLETED": JobStatus.STOPPED,
+    "CANCELLED": JobStatus.STOPPED,
+    "TIMEOUT": JobStatus.STOPPED,
+    "PREEMPTED": JobStatus.STOPPED,
+    "FAILED": JobStatus.FAILED,
+    "NODE_FAIL": JobStatus.FAILED,
+    "OUT_OF_MEMORY": JobStatus.FAILED,
+    "BOOT_FAIL": JobStatus.FAILED,
+    "DEADLINE": JobStatus.STOPPED,
+}
+
+
+@dataclass(frozen=True)
+class Event:
+    """One line of events.log: time, kind, node, rank and the other fields."""
+
+    time: str
+    kind: str
+    node: str
+    rank: str
+    fields: dict[str, str]
+    detail: str = ""
+
+
+def parse_event(line: str) -> Event | None:
+    """Parse ``HH:MM:SS.mmm KIND node=N rank=R key=value ... [detail=free text]``."""
+    head, _, detail = line.partition(" detail=")
+    words = head.split()
+    if len(words) < 2:
+        return None
+    fields = dict(word.split("=", 1) for word in words[2:] if "=" in word)
+    return Event(words[0], words[1], fields.pop("node", "?"), fields.pop("rank", "?"), fields,
+                 detail)
+
+
+@dataclass
+class JobProgress:
+    """What the events say so far: per-phase counts, the endpoint, failures."""
+
+    nodes: int = 0
+    images_done: int = 0
+    ranks_started: int = 0
+    ranks_loaded: int = 0
+    ready_url: str = ""
+    failures: list[str] = field(default_factory=list)
+    last_time: str = ""
+
+    @property
+    def phase(self) -> str:
+        """A short human description of the current phase."""
+        if self.ready_url:
+            return f"ready at {self.ready_url}"
+        if self.ranks_started:
+            loaded = self.ranks_loaded + (1 if self.ranks_started else 0)
+            if self.ranks_loaded:
+                return f"loading the model ({min(loaded, self.nodes)}/{self.nodes} nodes loaded)"
+            return f"ranks started on {self.ranks_started}/{self.nodes} nodes, loading the model"
+        if self.images_done:
+            return f"image on {self.images_done}/{self.nodes} nodes"
+        if self.nodes:
+            return f"preparing {self.nodes} nodes"
+        return "starting"
+
+
+def read_progress(events_text: str) -> JobProgress:
+    """Fold events.log into a JobProgress."""
+    progress = JobProgress()
+    for line in events_text.splitlines():
+        event = parse_event(line)
+        if event is None:
+            continue
+        progress.last_time = event.time
+        if event.kind == "node":
+            progress.nodes += 1
+        elif event.kind == "image":
+            progress.images_done += 1
+        elif event.kind == "rank-started":
+            progress.ranks_started += 1
+        elif event.kind == "loaded":
+            progress.ranks_loaded += 1
+        elif event.kind == "ready":
+            progress.ready_url = event.fields.get("url", "")
+        elif event.kind == "preflight-failed":
+            check = event.fields.get("check", "?")
+            progress.failures.append(f"{event.node}: {check}: {event.detail}")
+        elif event.kind == "health-timeout":
+            progress.failures.append(f"{event.node}: /health not ready in time")
+        elif event.kind == "rank-exit" and "stopped" not in event.fields:
+            progress.failures.append(
+                f"rank {event.rank} on {event.node} exited with code {event.fields.get('code')}")
+    return progress
+
+
+def status_from(queue_state: str | None, state_word: str | None) -> JobStatus:
+    """Combine SLURM's queue state with the job's own state file into one status."""
+    own = _STATE_WORDS.get((state_word or "").strip())
+    queue = _QUEUE_STATES.get((queue_state or "").strip().split(" ")[0])
+    if queue in (JobStatus.PENDING,) and own is None:
+        return JobStatus.PENDING
+    if own is not None:
+        if queue is not None and queue.finished and not own.finished:
+            return queue
+        return own
+    if queue is not None:
+        return queue
+    return JobStatus.UNKNOWN
+
+
+@dataclass
+class JobRecord:
+    """What we remember of a submitted job, kept in the state directory."""
+
+    job_id: str
+    cluster: str
+    log_dir: str
+    script: str
+    sglang_args: list[str]
+    submitted_at: str
+    host: str = ""
+    driver_log: str = ""
+    name: str = "sglang"
+
+    def to_json(self) -> str:
+        """The record as JSON text."""
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> JobRecord:
+        """Read a record written by to_json."""
+        data: dict[str, Any] = json.loads(text)
+        return cls(**{key: data[key] for key in cls.__dataclass_fields__ if key in data})
+
+
+def state_dir() -> Path:
+    """Where job records live: $SLURM_SGLANG_STATE_DIR, else ~/.local/state/slurm-sglang."""
+    configured = os.environ.get("SLURM_SGLANG_STATE_DIR")
+    if configured:
+        return Path(configured)
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "slurm-sglang"
+
+
+def save_record(record: JobRecord) -> Path:
+    """Write a job record atomically; returns its path."""
+    folder = state_dir() / "jobs"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{record.host or 'local'}-{record.job_id}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(record.to_json())
+    tmp.replace(path)
+    return path
+
+
+def list_records() -> list[JobRecord]:
+    """Every recorded job, newest first."""
+    folder = state_dir() / "jobs"
+    if not folder.is_dir():
+        return []
+    records = [JobRecord.from_json(path.read_text()) for path in folder.glob("*.json")]
+    return sorted(records, key=lambda record: record.submitted_at, reverse=True)
+
+
+def find_record(job: str | None) -> JobRecord:
+    """The record of ``job`` (an id), or the most recent one when ``job`` is None."""
+    from slurm_sglang.errors import UserInputError
+
+    records = list_records()
+    if not records:
+        raise UserInputError("no jobs recorded yet: submit one with python -m slurm_sglang submit")
+    if job is None:
+        return records[0]
+    for record in records:
+        if record.job_id == job:
+            return record
+    known = ", ".join(record.job_id for record in records[:10])
+    raise UserInputError(f"job {job}: not recorded here (recent: {known})")

@@ -1,0 +1,174 @@
+"""Submission and SLURM queries: submitit locally, sbatch over the SSH transport remotely."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from slurm_sglang.errors import UserInputError
+from slurm_sglang.jobs import JobRecord
+from slurm_sglang.profile import ClusterProfile
+from slurm_sglang.transport import Transport
+
+_TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
+
+
+def time_minutes(text: str) -> int:
+    """SLURM's time formats (MM, HH:MM:SS, D-HH[:MM[:SS]]) as whole minutes, rounded up."""
+    match = _TIME.match(text.strip())
+    if not match:
+        raise UserInputError(f"--time: {text!r} is not a SLURM time (e.g. 04:00:00 or 1-00:00:00)")
+    days, first, second, third = match.groups()
+    if days is not None:
+        hours, minutes, seconds = int(first), int(second or 0), int(third or 0)
+    elif third is not None:
+        hours, minutes, seconds = int(first), int(second), int(third)
+    elif second is not None:
+        hours, minutes, seconds = 0, int(first), int(second)
+    else:
+        hours, minutes, seconds = 0, int(first), 0
+    total = (int(days or 0) * 24 + hours) * 60 + minutes + (1 if seconds else 0)
+    if total < 1:
+        raise UserInputError(f"--time: {text!r} is shorter than a minute")
+    return total
+
+
+@dataclass(frozen=True)
+class SubmitRequest:
+    """Everything one submission needs, already validated."""
+
+    profile: ClusterProfile
+    cluster: str
+    script_text: str
+    script_args: tuple[str, ...]
+    nodes: int
+    workspace: str
+    job_name: str = "sglang"
+    time: str = ""
+    partition: str = ""
+
+
+class ServeCommand:
+    """The function submitit runs in the batch shell: the rendered driver, nothing else."""
+
+    def __init__(self, argv: Sequence[str], requeue: bool) -> None:
+        self.argv = list(argv)
+        self.requeue = requeue
+
+    def __call__(self) -> int:
+        """Run run.sbatch; its exit code becomes the job's."""
+        code = subprocess.run(self.argv, check=False).returncode
+        if code:
+            raise RuntimeError(f"run.sbatch exited with code {code}")
+        return code
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        """On preemption or time limit, resubmit the same command when the profile asks for it."""
+        if not self.requeue:
+            return None
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _script_path(workspace: str) -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+    return f"{workspace}/.slurm-sglang/scripts/run-{stamp}.sbatch"
+
+
+def submit_local(request: SubmitRequest) -> JobRecord:
+    """Write the script on shared storage and submit it with submitit's SlurmExecutor."""
+    import submitit
+
+    slurm = request.profile.slurm
+    script = Path(_script_path(request.workspace))
+    script.parent.mkdir(parents=True, exist_ok=True)
+    script.write_text(request.script_text)
+    script.chmod(0o755)
+    folder = Path(request.workspace) / request.profile.paths.logs / "%j" / "submitit"
+    executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=3 if slurm.requeue else 0)
+    parameters: dict[str, Any] = {
+        "job_name": request.job_name,
+        "nodes": request.nodes,
+        "ntasks_per_node": 1,
+        "use_srun": False,
+        "stderr_to_stdout": True,
+        "signal_delay_s": 120,
+        "time": time_minutes(request.time or slurm.time or "1-00:00:00"),
+        # The batch shell itself must get the warning signal: submitit's python runs there.
+        "additional_parameters": {"signal": "B:USR2@120"},
+    }
+    for key, value in (("partition", request.partition or slurm.partition),
+                       ("account", slurm.account), ("qos", slurm.qos),
+                       ("constraint", slurm.constraint)):
+        if value:
+            parameters[key] = value
+    if slurm.gpus_per_node and slurm.gres_style == "gpus-per-node":
+        parameters["gpus_per_node"] = slurm.gpus_per_node
+    elif slurm.gpus_per_node and slurm.gres_style == "gres":
+        parameters["gres"] = f"gpu:{slurm.gpus_per_node}"
+    if slurm.exclusive:
+        parameters["exclusive"] = True
+    for directive in slurm.extra_directives:
+        key, _, value = directive[2:].partition("=")
+        parameters["additional_parameters"][key] = value or True
+    executor.update_parameters(**parameters)
+    command = ServeCommand(["bash", str(script), *request.script_args], slurm.requeue)
+    job = executor.submit(command)
+    log_dir = Path(request.workspace) / request.profile.paths.logs / str(job.job_id)
+    return JobRecord(
+        job_id=str(job.job_id), cluster=request.cluster, log_dir=str(log_dir),
+        script=str(script), sglang_args=list(request.script_args), submitted_at=_now(),
+        driver_log=str(job.paths.stdout), name=request.job_name,
+    )
+
+
+def submit_remote(request: SubmitRequest, transport: Transport, host: str) -> JobRecord:
+    """Upload the script to the remote workspace and run sbatch --parsable there."""
+    script = _script_path(request.workspace)
+    transport.makedirs(str(Path(script).parent))
+    transport.write_text(script, request.script_text, mode=0o755)
+    log_root = f"{request.workspace}/{request.profile.paths.logs}"
+    transport.makedirs(log_root)
+    options = [f"--nodes={request.nodes}", f"--job-name={request.job_name}",
+               f"--chdir={request.workspace}", f"--output={log_root}/slurm-%j.out"]
+    if request.time:
+        options.append(f"--time={request.time}")
+    if request.partition:
+        options.append(f"--partition={request.partition}")
+    result = transport.run(["sbatch", "--parsable", *options, script, *request.script_args])
+    job_id = result.stdout.strip().split(";")[0]
+    if not job_id.isdigit():
+        raise RuntimeError(f"sbatch on {host} answered {result.stdout.strip()!r}, not a job id")
+    return JobRecord(
+        job_id=job_id, cluster=request.cluster, log_dir=f"{log_root}/{job_id}", script=script,
+        sglang_args=list(request.script_args), submitted_at=_now(), host=host,
+        driver_log=f"{log_root}/slurm-{job_id}.out", name=request.job_name,
+    )
+
+
+def queue_state(transport: Transport, job_id: str) -> str | None:
+    """SLURM's state of the job (PENDING, RUNNING, ...), or None once squeue forgets it."""
+    result = transport.run(["squeue", "-h", "-j", job_id, "-o", "%T"], check=False)
+    state = result.stdout.strip()
+    return state.splitlines()[0] if state else None
+
+
+def cancel_job(transport: Transport, job_id: str) -> None:
+    """scancel the job; SLURM signals every step, whose node traps remove the containers."""
+    transport.run(["scancel", job_id])
+
+
+def python_for_nodes() -> str:
+    """The interpreter submitit starts on the batch node: the submitting one, on shared storage."""
+    return sys.executable
