@@ -273,3 +273,28 @@ def test_parser_check_is_skipped_where_sglang_does_not_import() -> None:
     assert verdict.message == (
         "skipped: sglang not importable (install: tests/sglang_parser/install.sh)"
     )
+
+
+@pytest.mark.parametrize(
+    "given", [argv for argv, _ in SEED_EXAMPLES] + [["--pp=2", "--enable-ep-moe"]]
+)
+def test_rewriting_twice_changes_nothing_more(given: list[str]) -> None:
+    once = rewrite_argv(given)
+    twice = rewrite_argv(once.argv)
+    assert twice.argv == once.argv
+    assert all(note.startswith("kept ") for note in twice.notes)
+
+
+def test_hostile_values_arrive_byte_for_byte() -> None:
+    hostile = ['it\'s "quoted"', "$HOME; rm -rf /", "line\nbreak", "--pp", "ünïcode"]
+    argv = [
+        "--served-model-name",
+        hostile[0],
+        "--api-key",
+        hostile[1],
+        "--chat-template",
+        hostile[2],
+    ]
+    argv += ["--tool-call-parser=" + hostile[3], "--tokenizer-path", hostile[4], "--pp", "2"]
+    result = rewrite_argv(argv)
+    assert list(result.argv) == [*argv[:-2], "--pp-size", "2"]
