@@ -68,22 +68,42 @@ def candidate_pythons(python: str | None = None) -> list[str]:
     return [c for c in dict.fromkeys(candidates) if c and Path(c).exists()]
 
 
-def _run_in(python: str, argv_per_rank: Mapping[str, Sequence[str]]) -> dict[str, Any] | None:
-    """Run the parser for every argv in one subprocess; None when sglang does not import."""
+def _run_in(python: str, argv_per_rank: Mapping[str, Sequence[str]]) -> dict[str, Any] | str | None:
+    """Run the parser for every argv in one subprocess.
+
+    Returns sglang's reply; None when sglang does not import there; a reason when the
+    subprocess itself failed (so that a broken install is not reported as a missing one).
+    """
     request = json.dumps({label: list(argv) for label, argv in argv_per_rank.items()})
-    completed = subprocess.run(
-        [python, str(Path(__file__).resolve()), SERVE_FLAG],
-        input=request,
-        capture_output=True,
-        text=True,
-        timeout=SUBPROCESS_TIMEOUT_S,
-        env={**os.environ, **OFFLINE_ENVIRONMENT},
-        check=False,
-    )
-    if completed.returncode != 0:
-        return None
-    reply: dict[str, Any] = json.loads(completed.stdout)
+    command = [python, str(Path(__file__).resolve()), SERVE_FLAG]
+    try:
+        completed = subprocess.run(
+            command,
+            input=request,
+            capture_output=True,
+            text=True,
+            timeout=SUBPROCESS_TIMEOUT_S,
+            env={**os.environ, **OFFLINE_ENVIRONMENT},
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return f"skipped: sglang's parser in {python} did not answer in {SUBPROCESS_TIMEOUT_S} s"
+    try:
+        reply: dict[str, Any] = json.loads(completed.stdout)
+    except json.JSONDecodeError:
+        stderr_tail = "\n".join(completed.stderr.strip().splitlines()[-5:])
+        return (
+            f"skipped: sglang's parser in {python} failed (exit status {completed.returncode}):"
+            f"\n{stderr_tail}"
+        )
     return reply if reply.get("importable") else None
+
+
+def _skipped(argv_per_rank: Mapping[str, Sequence[str]], message: str) -> list[ParserVerdict]:
+    return [
+        ParserVerdict(label, tuple(argv), "skipped", message)
+        for label, argv in argv_per_rank.items()
+    ]
 
 
 def check_with_sglang(
@@ -94,6 +114,8 @@ def check_with_sglang(
         reply = _run_in(candidate, argv_per_rank)
         if reply is None:
             continue
+        if isinstance(reply, str):
+            return _skipped(argv_per_rank, reply)
         return [
             ParserVerdict(
                 label=label,
@@ -106,10 +128,7 @@ def check_with_sglang(
             )
             for label, argv in argv_per_rank.items()
         ]
-    return [
-        ParserVerdict(label, tuple(argv), "skipped", SKIPPED_MESSAGE)
-        for label, argv in argv_per_rank.items()
-    ]
+    return _skipped(argv_per_rank, SKIPPED_MESSAGE)
 
 
 # Everything below runs inside the interpreter that has sglang.
@@ -157,17 +176,20 @@ def _parse_one(prepare_server_args: Any, argv: list[str]) -> dict[str, Any]:
 def serve_stdin() -> int:
     """Read {label: argv} as JSON on stdin, parse each with sglang, write verdicts to stdout."""
     request: dict[str, list[str]] = json.load(sys.stdin)
-    try:
-        import sglang
-        from sglang.srt.server_args import prepare_server_args
-    except Exception as error:  # any import failure means: this interpreter cannot check
-        json.dump({"importable": False, "error": f"{type(error).__name__}: {error}"}, sys.stdout)
-        return 0
-    results = {label: _parse_one(prepare_server_args, argv) for label, argv in request.items()}
-    json.dump(
-        {"importable": True, "sglang_version": sglang.__version__, "results": results},
-        sys.stdout,
-    )
+    reply_stream = sys.stdout
+    # Whatever sglang prints goes to stderr: stdout carries only the JSON reply.
+    with contextlib.redirect_stdout(sys.stderr):
+        try:
+            import sglang
+            from sglang.srt.server_args import prepare_server_args
+        except Exception as error:  # any import failure means: this interpreter cannot check
+            reply = {"importable": False, "error": f"{type(error).__name__}: {error}"}
+        else:
+            results = {
+                label: _parse_one(prepare_server_args, argv) for label, argv in request.items()
+            }
+            reply = {"importable": True, "sglang_version": sglang.__version__, "results": results}
+    json.dump(reply, reply_stream)
     return 0
 
 

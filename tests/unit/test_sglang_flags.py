@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from importlib import resources
+from pathlib import Path
 
 import pytest
 
@@ -298,3 +299,16 @@ def test_hostile_values_arrive_byte_for_byte() -> None:
     argv += ["--tool-call-parser=" + hostile[3], "--tokenizer-path", hostile[4], "--pp", "2"]
     result = rewrite_argv(argv)
     assert list(result.argv) == [*argv[:-2], "--pp-size", "2"]
+
+
+def test_a_broken_parser_install_is_reported_not_mistaken_for_a_missing_one(
+    tmp_path: Path,
+) -> None:
+    broken_python = tmp_path / "python"
+    broken_python.write_text("#!/bin/sh\necho 'Segmentation fault' >&2\nexit 139\n")
+    broken_python.chmod(0o755)
+    (verdict,) = check_with_sglang({"head": ["--tp", "2"]}, python=str(broken_python))
+    assert verdict.status == "skipped"
+    assert verdict.message == (
+        f"skipped: sglang's parser in {broken_python} failed (exit status 139):\nSegmentation fault"
+    )
