@@ -235,6 +235,10 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     """Bring the local multi-node sandbox up or down, or show it."""
     from slurm_sglang.sandbox import cluster
 
+    if args.sandbox_verb == "demo":
+        from slurm_sglang.sandbox.demo import run_demo
+
+        return run_demo(nodes=2)
     if args.sandbox_verb == "up":
         info = cluster.sandbox_up(nodes=args.nodes)
         _emit(args, info.to_dict(), info.summary())
@@ -347,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing.set_defaults(handler=cmd_list)
 
     sandbox = verbs.add_parser("sandbox", help="a local multi-node SLURM cluster (root)")
-    sandbox.add_argument("sandbox_verb", choices=["up", "down", "status"])
+    sandbox.add_argument("sandbox_verb", choices=["up", "down", "status", "demo"])
     sandbox.add_argument("--nodes", type=_positive_int, default=4, help="nodes for up (default 4)")
     sandbox.add_argument("--json", action="store_true", help="print one JSON object")
     sandbox.set_defaults(handler=cmd_sandbox)
@@ -366,6 +370,24 @@ def _strip_separator(args: argparse.Namespace) -> None:
         args.sglang_args = rest[1:]
 
 
+# Errors that already read as one line for a user; their modules load only when used, so
+# they are looked up, never imported, here (keeps `render` and `check` fast to start).
+_REPORTED_ERRORS = (
+    ("slurm_sglang.transport.base", "TransportError"),
+    ("slurm_sglang.sandbox.host", "SandboxError"),
+    ("slurm_sglang.render", "RenderError"),
+)
+
+
+def _is_reported_error(exc: Exception) -> bool:
+    for module_name, class_name in _REPORTED_ERRORS:
+        module = sys.modules.get(module_name)
+        error_class = getattr(module, class_name, None) if module else None
+        if isinstance(error_class, type) and isinstance(exc, error_class):
+            return True
+    return False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code."""
     from slurm_sglang.errors import UserInputError
@@ -378,5 +400,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except (UsageError, UserInputError) as exc:
         return _fail(str(exc).replace("\n", "; "))
+    except Exception as exc:
+        if _is_reported_error(exc):
+            print(f"{PROG}: {exc}", file=sys.stderr)
+            return 1
+        raise
     except KeyboardInterrupt:
         return 130
