@@ -19,7 +19,6 @@ from slurm_sglang.sglang_known_flags import (
     known_versions,
     load_known_flags,
     parse_options,
-    table_for,
     version_key,
 )
 
@@ -36,6 +35,7 @@ __all__ = [
     "known_versions",
     "load_known_flags",
     "parse_options",
+    "renames_for",
     "rewrite_argv",
     "version_key",
 ]
@@ -60,56 +60,82 @@ class Rename:
     reason: str
 
 
+# Versions were read from sglang's released wheels (server_args.py of 0.4.10.post2, 0.5.1-0.5.4,
+# 0.5.10, 0.5.16, 0.5.20-0.5.22) and checked with 0.5.23's parser.
 RENAMES: tuple[Rename, ...] = (
     Rename(
         "--pp",
         "--pp-size",
-        "0.5.23",
+        "0.5.4",
         "rename",
-        "--pp only ever worked as an argparse prefix of --pp-size; since --pp-max-micro-batch-size"
-        " (sglang PR #11279, Oct 2025) and --pp-async-batch-depth it is ambiguous and sglang stops"
-        " (verified with 0.5.23; first affected release not verified)",
+        "--pp only ever worked as an argparse prefix of --pp-size; since sglang 0.5.4 added"
+        " --pp-max-micro-batch-size (and later --pp-async-batch-depth) it is ambiguous and"
+        " sglang stops",
     ),
     Rename(
         "--max-micro-batch-size",
         "--pp-max-micro-batch-size",
-        "0.5.23",
+        "0.5.4",
         "rename",
-        "renamed by sglang PR #11279 (Oct 2025); 0.5.23 rejects the old name (verified)",
+        "renamed in sglang 0.5.4 (PR #11279); the old name is rejected",
     ),
     Rename(
         "--enable-ep-moe",
         "--ep-size <tp-size>",
-        "0.5.23",
+        "0.4.10",
+        "warn",
+        "deprecated since sglang 0.4.10.post2 but still works (sglang sets ep size = tp size);"
+        " it stops sglang from 0.5.3 on",
+    ),
+    Rename(
+        "--enable-ep-moe",
+        "--ep-size <tp-size>",
+        "0.5.3",
         "ep-size-from-tp",
-        "meant 'expert parallel size = tensor parallel size'; deprecated by sglang PR #8658"
-        " (Aug 2025) and gone in 0.5.23 ('unrecognized arguments', verified)",
+        "it meant 'expert parallel size = tensor parallel size'; sglang 0.5.3 stops on it"
+        " (deprecated by PR #8658), later releases no longer know it",
     ),
     Rename(
         "--enable-ep",
         "--ep-size <tp-size>",
-        "0.5.23",
+        "0.4.10",
         "ep-size-from-tp",
-        "the seed's shorthand for --enable-ep-moe; sglang 0.5.23 would silently read it as a"
-        " prefix of --enable-eplb (expert load balancing), not as expert parallelism",
+        "the seed's shorthand for expert parallelism; sglang reads it as a prefix, ambiguous"
+        " while --enable-ep-moe exists and, once that is gone, silently --enable-eplb (expert"
+        " load balancing)",
     ),
     Rename(
         "--enable-deepep-moe",
         "--moe-a2a-backend deepep",
-        "0.5.23",
+        "0.4.10",
+        "warn",
+        "deprecated since sglang 0.4.10.post2 but still works (sglang sets --moe-a2a-backend"
+        " deepep); it stops sglang from 0.5.3 on",
+    ),
+    Rename(
+        "--enable-deepep-moe",
+        "--moe-a2a-backend deepep",
+        "0.5.3",
         "a2a-backend",
-        "replaced by --moe-a2a-backend deepep in sglang PR #8658 (Aug 2025), which also sets"
-        " ep size = tp size; gone in 0.5.23 ('unrecognized arguments', verified)",
+        "replaced by --moe-a2a-backend deepep (PR #8658; sglang then sets ep size = tp size"
+        " itself); sglang 0.5.3 stops on it, later releases no longer know it",
     ),
     Rename(
         "--enable-dp-attention",
         "--attn-dp-size <dp-size>",
-        "0.5.23",
+        "0.5.22",
         "warn",
-        "deprecated in 0.5.23 but still works: sglang reads --dp N --enable-dp-attention as"
-        " --attn-dp-size N with dp 1; removal planned after 2026-12-31, so it is kept as is",
+        "deprecated since sglang 0.5.22 but still works: sglang reads --dp N"
+        " --enable-dp-attention as --attn-dp-size N with dp 1; removal planned after"
+        " 2026-12-31, so it is kept as is",
     ),
 )
+
+
+def renames_for(target_version: str) -> dict[str, Rename]:
+    """The rename that applies to each old spelling for a target version (the newest one)."""
+    applicable = [r for r in RENAMES if version_key(target_version) >= version_key(r.since)]
+    return {r.old: r for r in sorted(applicable, key=lambda r: version_key(r.since))}
 
 
 @dataclass(frozen=True)
@@ -128,14 +154,7 @@ def _last_value(parsed: Sequence[ParsedOption], argv: Sequence[str], dest: str) 
 
 def rewrite_argv(argv: Sequence[str], target_version: str = LATEST_KNOWN) -> RewriteResult:
     """Rewrite old sglang spellings for the target version; every other byte stays as it was."""
-    table = table_for(target_version)
-    # A spelling the target parser knows exactly is never rewritten, only warned about.
-    renames = {
-        r.old: r
-        for r in RENAMES
-        if version_key(target_version) >= version_key(r.since)
-        and (r.action == "warn" or r.old not in table.by_option_string)
-    }
+    renames = renames_for(target_version)
     parsed = parse_options(argv, target_version)
     replacements: dict[int, list[str]] = {}
     notes: list[str] = []
@@ -178,9 +197,9 @@ def _closest(spelling: str, table: KnownFlags) -> str | None:
     return close[0] if close else None
 
 
-def _rename_hint(spelling: str) -> str:
-    renamed = [r for r in RENAMES if r.old == spelling]
-    return f"; slurm-sglang rewrites it to {renamed[0].new}" if renamed else ""
+def _rename_hint(spelling: str, version: str) -> str:
+    rename = renames_for(version).get(spelling)
+    return f"; slurm-sglang rewrites it to {rename.new}" if rename else ""
 
 
 def check_known_flags(argv: Sequence[str], version: str = LATEST_KNOWN) -> list[FlagProblem]:
@@ -207,13 +226,15 @@ def check_known_flags(argv: Sequence[str], version: str = LATEST_KNOWN) -> list[
                     spelling,
                     f"{spelling}: ambiguous in sglang {version}: argparse stops with 'ambiguous"
                     f" option: {option.token} could match {', '.join(option.ambiguous_matches)}'"
-                    f"{_rename_hint(spelling)}",
+                    f"{_rename_hint(spelling, version)}",
                     index=index,
                 )
             )
         elif option.spec is None:
             closest = _closest(spelling, table)
-            hint = _rename_hint(spelling) or (f"; did you mean {closest}?" if closest else "")
+            hint = _rename_hint(spelling, version) or (
+                f"; did you mean {closest}?" if closest else ""
+            )
             problems.append(
                 FlagProblem(
                     "unknown",

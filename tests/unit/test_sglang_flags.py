@@ -21,6 +21,7 @@ from slurm_sglang.sglang_flags import (
     known_versions,
     load_known_flags,
     parse_options,
+    renames_for,
     rewrite_argv,
     version_key,
 )
@@ -102,7 +103,7 @@ def test_enable_dp_attention_is_kept_with_a_warning_while_it_still_works() -> No
     argv = ["--tp", "8", "--dp", "2", "--enable-dp-attention"]
     result = rewrite_argv(argv)
     assert list(result.argv) == argv
-    assert result.notes[0].startswith("kept --enable-dp-attention: deprecated in 0.5.23")
+    assert result.notes[0].startswith("kept --enable-dp-attention: deprecated since sglang 0.5.22")
     problems = check_known_flags(argv)
     assert [(p.kind, p.severity) for p in problems] == [("deprecated", "warning")]
     assert "--attn-dp-size" in problems[0].message
@@ -137,6 +138,40 @@ def test_no_rewrite_for_an_older_target_than_the_rename() -> None:
     result = rewrite_argv(["--tp", "4", "--pp", "2"], target_version="0.4.0")
     assert list(result.argv) == ["--tp", "4", "--pp", "2"]
     assert result.notes == ()
+
+
+@pytest.mark.parametrize(
+    ("target", "given", "expected", "note"),
+    [
+        ("0.5.3", ["--tp", "4", "--pp", "2"], ["--tp", "4", "--pp", "2"], None),
+        ("0.5.4", ["--tp", "4", "--pp", "2"], ["--tp", "4", "--pp-size", "2"], "rewrote --pp"),
+        ("0.5.2", ["--tp", "8", "--enable-ep-moe"], ["--tp", "8", "--enable-ep-moe"], "kept"),
+        ("0.5.3", ["--tp", "8", "--enable-ep-moe"], ["--tp", "8", "--ep-size", "8"], "rewrote"),
+        ("0.5.2", ["--enable-deepep-moe"], ["--enable-deepep-moe"], "kept"),
+        (
+            "0.5.21",
+            ["--dp", "2", "--enable-dp-attention"],
+            ["--dp", "2", "--enable-dp-attention"],
+            None,
+        ),
+        (
+            "0.5.22",
+            ["--dp", "2", "--enable-dp-attention"],
+            ["--dp", "2", "--enable-dp-attention"],
+            "kept",
+        ),
+    ],
+)
+def test_rewrites_follow_the_release_that_changed_the_flag(
+    target: str, given: list[str], expected: list[str], note: str | None
+) -> None:
+    result = rewrite_argv(given, target_version=target)
+    assert list(result.argv) == expected
+    if note is None:
+        assert result.notes == ()
+    else:
+        (only,) = result.notes
+        assert only.startswith(note)
 
 
 def test_typo_names_the_closest_flag() -> None:
@@ -230,7 +265,8 @@ def test_port_and_dist_timeout_are_the_users() -> None:
 def test_every_reserved_flag_and_rename_target_exists_in_the_latest_table() -> None:
     table = load_known_flags(LATEST_KNOWN)
     assert set(RESERVED_FLAGS) <= set(table.by_option_string)
-    for rename in RENAMES:
+    assert {r.old for r in RENAMES} == set(renames_for(LATEST_KNOWN))
+    for rename in renames_for(LATEST_KNOWN).values():
         assert rename.new.split()[0] in table.by_option_string, rename
         if rename.action == "warn":
             assert rename.old in table.by_option_string
