@@ -143,9 +143,14 @@ def read_progress(events_text: str) -> JobProgress:
 
 
 def status_from(queue_state: str | None, state_word: str | None) -> JobStatus:
-    """Combine SLURM's queue state with the job's own state file into one status."""
+    """Combine SLURM's queue state (None: squeue no longer lists it) with the job's own state."""
     own = _STATE_WORDS.get((state_word or "").strip())
-    queue = _QUEUE_STATES.get((queue_state or "").strip().split(" ")[0])
+    if queue_state is None:
+        # A job squeue has forgotten runs nowhere, whatever its last written state says.
+        if own is None:
+            return JobStatus.UNKNOWN
+        return own if own.finished else JobStatus.STOPPED
+    queue = _QUEUE_STATES.get(queue_state.strip().split(" ")[0])
     if queue in (JobStatus.PENDING,) and own is None:
         return JobStatus.PENDING
     if own is not None:

@@ -1,0 +1,126 @@
+"""`python -m slurm_sglang submit` and the job's life on the real sandbox cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from serving import job_containers
+
+from slurm_sglang.sandbox.layout import SandboxInfo
+
+pytestmark = pytest.mark.cluster
+
+
+def _cli(*args: str, env: dict[str, str], timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "slurm_sglang", *args], capture_output=True,
+                          text=True, env=env, timeout=timeout, check=False)
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path) -> dict[str, str]:
+    """A private job-record directory and a short stand-in load time."""
+    return dict(os.environ, SLURM_SGLANG_STATE_DIR=str(tmp_path / "state"),
+                SGLANG_STANDIN_LOAD_SECONDS="1")
+
+
+@pytest.fixture(scope="module")
+def model_dir(sandbox: SandboxInfo) -> Path:
+    path = sandbox.shared_dir / "models" / "submit-model"
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
+    return path
+
+
+def _queued_jobs() -> set[str]:
+    out = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, check=True)
+    return set(out.stdout.split())
+
+
+def test_submit_follow_status_logs_cancel(sandbox: SandboxInfo, cli_env: dict[str, str],
+                                          model_dir: Path) -> None:
+    profile = str(sandbox.profile_path)
+    done = _cli("submit", "--cluster", profile, "--nodes", "2", "--time", "00:10:00", "--json",
+                "--", "--model-path", str(model_dir), "--tp", "2", "--served-model-name", "m",
+                env=cli_env)
+    assert done.returncode == 0, done.stderr
+    submitted = json.loads(done.stdout)
+    job_id, url = submitted["job_id"], submitted["url"]
+    try:
+        assert submitted["status"] == "ready"
+        head = submitted["endpoint"]["head"]
+        assert url.split("//")[1].split(":")[0] == sandbox.addresses[head]
+
+        status = _cli("status", "--json", env=cli_env)
+        assert json.loads(status.stdout)["status"] == "ready"
+        endpoint = _cli("endpoint", job_id, env=cli_env)
+        assert (endpoint.returncode, endpoint.stdout.strip()) == (0, url)
+
+        worker_log = _cli("logs", job_id, "--rank", "1", env=cli_env)
+        assert worker_log.returncode == 0
+        assert "Init parallel" in worker_log.stdout  # the stand-in worker's own log lines
+        driver_log = _cli("logs", env=cli_env)
+        assert f"ready: {url}" in driver_log.stdout
+
+        listing = json.loads(_cli("list", "--json", env=cli_env).stdout)
+        assert [row["job_id"] for row in listing] == [job_id]
+    finally:
+        cancelled = _cli("cancel", job_id, "--json", env=cli_env)
+    assert cancelled.returncode == 0, cancelled.stdout + cancelled.stderr
+    assert job_id not in _queued_jobs()
+    assert job_containers(sandbox, job_id) == {node: [] for node in sandbox.nodes}
+    after = _cli("endpoint", job_id, env=cli_env)
+    assert after.returncode == 1
+
+
+def test_submit_human_output_has_phases_and_snippets(sandbox: SandboxInfo,
+                                                     cli_env: dict[str, str],
+                                                     model_dir: Path) -> None:
+    done = _cli("submit", "--cluster", str(sandbox.profile_path), "--nodes", "2", "--", "--model-path",
+                str(model_dir), "--tp", "2", env=cli_env)
+    job_id = json.loads(_cli("list", "--json", env=cli_env).stdout)[0]["job_id"]
+    try:
+        assert done.returncode == 0, done.stderr
+        assert "queued" in done.stderr or "starting" in done.stderr
+        assert "loading the model" in done.stderr
+        assert done.stdout.startswith("ready: http://")
+        assert "from openai import OpenAI" in done.stdout
+        assert f"python -m slurm_sglang cancel {job_id}" in done.stdout
+    finally:
+        _cli("cancel", job_id, env=cli_env)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--nodes", "2", "--", "--model-path", "m", "--tp", "3"], "(tp*pp) % nnodes == 0"),
+        (["--", "--tp", "2"], "--model-path is required"),
+        (["--nodes", "1", "--", "--model-path", "m", "--tp", "16"], "tp*pp*dp = 16*1*1 = 16 GPUs"),
+        (["--", "--model-path", "m", "--tp-szie", "2"], "did you mean --tp-size?"),
+        (["--time", "soon", "--", "--model-path", "m"], "--time: 'soon' is not a SLURM time"),
+        (["--image", "/no/such.tar.gz", "--", "--model-path", "m"], "--image: /no/such.tar.gz"),
+    ],
+)
+def test_invalid_submit_submits_nothing(sandbox: SandboxInfo, cli_env: dict[str, str],
+                                        args: list[str], message: str) -> None:
+    before = _queued_jobs()
+    done = _cli("submit", "--cluster", str(sandbox.profile_path), *args, env=cli_env)
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert _queued_jobs() <= before
+
+
+def test_invalid_profile_submits_nothing(sandbox: SandboxInfo, cli_env: dict[str, str],
+                                         tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("extends: sandbox\nslurm:\n  partiton: gpu\n")
+    before = _queued_jobs()
+    done = _cli("submit", "--cluster", str(bad), "--", "--model-path", "m", env=cli_env)
+    assert done.returncode == 2
+    assert f"{bad}:3: unknown key 'slurm.partiton'" in done.stderr
+    assert _queued_jobs() <= before

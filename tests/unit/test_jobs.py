@@ -1,0 +1,104 @@
+"""Job records and the status/phase readers, from recorded events.log lines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from slurm_sglang.errors import UserInputError
+from slurm_sglang.jobs import (
+    JobRecord,
+    JobStatus,
+    find_record,
+    list_records,
+    parse_event,
+    read_progress,
+    save_record,
+    status_from,
+)
+
+# Recorded from a 2-node run on the sandbox (logs/<jobid>/events.log).
+RECORDED = """\
+18:15:00.161 node node=sbn1 rank=0 ip=10.213.7.11 iface=eth0 gpus=none
+18:15:00.194 node node=sbn2 rank=1 ip=10.213.7.12 iface=eth0 gpus=none
+18:15:00.361 image node=sbn2 rank=1 status=present
+18:15:00.377 ports node=sbn1 rank=0 http=30000 dist=20128
+18:15:00.475 image node=sbn1 rank=0 status=present
+18:15:00.693 rank-started node=sbn1 rank=0 ip=10.213.7.11 iface=eth0
+18:15:00.773 rank-started node=sbn2 rank=1 ip=10.213.7.12 iface=eth0
+18:15:02.933 loaded node=sbn2 rank=1
+18:15:03.365 ready node=sbn1 rank=0 url=http://10.213.7.11:30000
+"""
+
+
+def _phases(text: str) -> list[str]:
+    lines = text.splitlines()
+    return [read_progress("\n".join(lines[:count])).phase for count in range(len(lines) + 1)]
+
+
+def test_phases_from_recorded_lines() -> None:
+    phases = _phases(RECORDED)
+    assert phases[0] == "starting"
+    assert phases[2] == "preparing 2 nodes"
+    assert phases[3] == "image on 1/2 nodes"
+    assert phases[5] == "image on 2/2 nodes"
+    assert phases[7] == "ranks started on 2/2 nodes, loading the model"
+    assert phases[8] == "loading the model (2/2 nodes loaded)"
+    assert phases[9] == "ready at http://10.213.7.11:30000"
+
+
+def test_failures_are_collected_with_their_detail() -> None:
+    text = RECORDED.split("18:15:02")[0] + (
+        "18:15:04.000 rank-exit node=sbn2 rank=1 code=137\n"
+        "18:15:04.010 log node=sbn2 rank=1 detail=Connection closed by peer rank=0\n"
+        "18:15:04.100 rank-exit node=sbn1 rank=0 code=143 stopped=1\n"
+        "18:15:04.200 preflight-failed node=sbn1 rank=0 check=model detail=/m is not readable\n")
+    progress = read_progress(text)
+    assert progress.failures == ["rank 1 on sbn2 exited with code 137",
+                                 "sbn1: model: /m is not readable"]
+
+
+def test_parse_event_keeps_free_text_detail() -> None:
+    event = parse_event("10:00:00.000 log node=a rank=2 detail=x=1 y=2 spaces kept")
+    assert event is not None
+    assert (event.kind, event.node, event.rank, event.detail) == ("log", "a", "2",
+                                                                 "x=1 y=2 spaces kept")
+    assert parse_event("garbage") is None
+
+
+@pytest.mark.parametrize(
+    ("queue", "own", "status"),
+    [
+        ("PENDING", None, JobStatus.PENDING),
+        ("RUNNING", None, JobStatus.STARTING),
+        ("RUNNING", "preparing", JobStatus.PREPARING),
+        ("RUNNING", "loading", JobStatus.LOADING),
+        ("RUNNING", "ready", JobStatus.READY),
+        (None, "ready", JobStatus.STOPPED),
+        ("CANCELLED", "ready", JobStatus.STOPPED),
+        (None, "failed", JobStatus.FAILED),
+        ("NODE_FAIL", "loading", JobStatus.FAILED),
+        ("TIMEOUT", None, JobStatus.STOPPED),
+        (None, None, JobStatus.UNKNOWN),
+    ],
+)
+def test_status_from(queue: str | None, own: str | None, status: JobStatus) -> None:
+    assert status_from(queue, own) is status
+
+
+def test_records_round_trip_and_latest_first(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLURM_SGLANG_STATE_DIR", str(tmp_path))
+    with pytest.raises(UserInputError, match="no jobs recorded"):
+        find_record(None)
+    older = JobRecord("7", "sandbox", "/w/logs/7", "/w/s", ["--tp", "2"], "2026-01-01T00:00:00")
+    newer = JobRecord("9", "aws", "/w/logs/9", "/w/s", ["--x", "a b"], "2026-01-02T00:00:00",
+                      host="login")
+    save_record(older)
+    save_record(newer)
+    assert [r.job_id for r in list_records()] == ["9", "7"]
+    assert find_record(None) == newer
+    assert find_record("7") == older
+    with pytest.raises(UserInputError, match=r"job 8: not recorded here \(recent: 9, 7\)"):
+        find_record("8")
