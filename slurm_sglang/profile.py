@@ -41,16 +41,30 @@ def _no_newlines(value: str, what: str) -> str:
 class SlurmSettings(_Strict):
     """The #SBATCH side: where and how the job is allocated."""
 
-    partition: str = ""
-    account: str = ""
-    qos: str = ""
-    time: str = ""
-    gpus_per_node: int = Field(default=8, ge=0, le=64)
-    gres_style: Literal["gpus-per-node", "gres", "none"] = "gpus-per-node"
-    exclusive: bool = True
-    constraint: str = ""
-    requeue: bool = False
-    extra_directives: list[str] = Field(default_factory=list)
+    partition: str = Field(default="", description=(
+        "SLURM partition (#SBATCH --partition); empty: the cluster's default partition."))
+    account: str = Field(default="", description=(
+        "Account the job is charged to (#SBATCH --account); empty: the user's default."))
+    qos: str = Field(default="", description=(
+        "Quality of service (#SBATCH --qos); empty: none asked for."))
+    time: str = Field(default="", description=(
+        "Time limit (#SBATCH --time), e.g. 04:00:00 or 2-00:00:00; empty: the partition's "
+        "limit. submit --time overrides it."))
+    gpus_per_node: int = Field(default=8, ge=0, le=64, description=(
+        "GPUs on each node: the GPU request and the tp*pp*dp checks use it."))
+    gres_style: Literal["gpus-per-node", "gres", "none"] = Field(
+        default="gpus-per-node", description=(
+            "How GPUs are requested: gpus-per-node (--gpus-per-node=N), gres "
+            "(--gres=gpu:N, for clusters without GPU TRES), none (no GPU directive)."))
+    exclusive: bool = Field(default=True, description=(
+        "Ask for whole nodes (#SBATCH --exclusive)."))
+    constraint: str = Field(default="", description=(
+        "Node features (#SBATCH --constraint), e.g. h100; empty: none."))
+    requeue: bool = Field(default=False, description=(
+        "Let SLURM requeue the job after a node failure (#SBATCH --requeue)."))
+    extra_directives: list[str] = Field(default_factory=list, description=(
+        "More sbatch options, one per item, each starting with --, e.g. --mem=0; "
+        "written after the others."))
 
     @field_validator("partition", "account", "qos", "time", "constraint")
     @classmethod
@@ -70,12 +84,25 @@ class SlurmSettings(_Strict):
 class FabricSettings(_Strict):
     """The network the ranks talk over, and the environment NCCL/Gloo/sglang need for it."""
 
-    kind: Literal["tcp", "efa", "infiniband"] = "tcp"
-    socket_interface: str = ""
-    ib_hca: str = ""
-    ib_gid_index: int | None = None
-    efa_plugin_path: str = "/opt/amazon/efa/lib:/opt/aws-ofi-nccl/lib"
-    env: dict[str, str] = Field(default_factory=dict)
+    kind: Literal["tcp", "efa", "infiniband"] = Field(default="tcp", description=(
+        "The network between nodes: tcp (sockets, no RDMA), efa (AWS Elastic Fabric "
+        "Adapter through libfabric and aws-ofi-nccl), infiniband (NCCL's IB transport, "
+        "InfiniBand or RoCE)."))
+    socket_interface: str = Field(default="", description=(
+        "Interface for NCCL/Gloo sockets and sglang's address (NCCL_SOCKET_IFNAME), "
+        "e.g. ens5; empty: found on each node from its route to the head node."))
+    ib_hca: str = Field(default="", description=(
+        "NCCL_IB_HCA, e.g. mlx5_0,mlx5_1; empty: NCCL picks. infiniband only."))
+    ib_gid_index: int | None = Field(default=None, description=(
+        "NCCL_IB_GID_INDEX (3 is usual for RoCE v2); null: NCCL's default. "
+        "infiniband only."))
+    efa_plugin_path: str = Field(
+        default="/opt/amazon/efa/lib:/opt/aws-ofi-nccl/lib", description=(
+            "Colon-separated directories of libfabric and the aws-ofi-nccl plugin, "
+            "put on the ranks' library path. efa only."))
+    env: dict[str, str] = Field(default_factory=dict, description=(
+        "Environment variables for every rank, set after the fabric's own so they win, "
+        "e.g. NCCL_DEBUG: INFO."))
 
     @field_validator("env")
     @classmethod
@@ -90,14 +117,31 @@ class FabricSettings(_Strict):
 class ContainerSettings(_Strict):
     """How a rank's process is started on a node: container runtime, image and mounts."""
 
-    runtime: Literal["docker", "podman", "enroot", "apptainer", "none"] = "docker"
-    image: str = ""
-    mounts: list[str] = Field(default_factory=list)
-    run_args: list[str] = Field(default_factory=list)
-    gpus: Literal["docker", "cdi", "env", "none"] = "docker"
-    privileged: bool = False
-    activate: list[str] = Field(default_factory=list)
-    python: str = "python3"
+    runtime: Literal["docker", "podman", "enroot", "apptainer", "none"] = Field(
+        default="docker", description=(
+            "How each node's rank starts: docker or podman (a container per node), enroot "
+            "(pyxis, srun --container-image), apptainer (a .sif, --nv), none (sglang "
+            "installed on the nodes, made usable by the activate lines)."))
+    image: str = Field(default="", description=(
+        "Default image: a tarball (.tar, .tar.gz, .tar.zst) or registry reference for "
+        "docker/podman, a .sqsh or reference for enroot, a .sif for apptainer; unused by "
+        "none. Empty: sglang-serve-latest.tar.gz in the workspace. --image overrides it."))
+    mounts: list[str] = Field(default_factory=list, description=(
+        "Extra bind mounts, SRC[:DST[:OPTIONS]] with absolute paths, e.g. /fsx:/fsx; the "
+        "workspace and the model path are mounted anyway."))
+    run_args: list[str] = Field(default_factory=list, description=(
+        "Extra arguments for the container runtime, one per item, e.g. [--ulimit, "
+        "memlock=-1] for docker run. docker, podman, enroot, apptainer."))
+    gpus: Literal["docker", "cdi", "env", "none"] = Field(default="docker", description=(
+        "How a container gets its GPUs: docker (--gpus device=...), cdi (--device "
+        "nvidia.com/gpu=N), env (CUDA_VISIBLE_DEVICES only), none. docker/podman only."))
+    privileged: bool = Field(default=False, description=(
+        "Run containers with --privileged. docker/podman only."))
+    activate: list[str] = Field(default_factory=list, description=(
+        "Shell lines run on each node before sglang starts, runtime none only, e.g. "
+        "[source /shared/venvs/sglang/bin/activate] or [module load cuda/12.4]."))
+    python: str = Field(default="python3", description=(
+        "The Python with sglang installed, found after the activate lines. none only."))
 
     @field_validator("mounts")
     @classmethod
@@ -112,27 +156,43 @@ class ContainerSettings(_Strict):
 class PathSettings(_Strict):
     """Where the job's files live; empty workspace means the directory the user runs from."""
 
-    workspace: str = ""
-    logs: str = "logs"
-    container_mount: str = "/fsx"
+    workspace: str = Field(default="", description=(
+        "Shared directory, the same on every node, for logs and the default image; empty: "
+        "the directory the job is started from."))
+    logs: str = Field(default="logs", description=(
+        "Log directory inside the workspace; each job writes LOGS/JOB_ID/."))
+    container_mount: str = Field(default="/fsx", description=(
+        "Shared storage mounted into containers at the same path (the script's "
+        "--container-mount default)."))
 
 
 class PreflightSettings(_Strict):
     """Checks run on every node before any rank starts."""
 
-    enabled: bool = True
-    check_gpus: bool = True
-    min_free_disk_gb: float = Field(default=0.0, ge=0)
-    nccl: bool = False
-    nccl_min_busbw_gbps: float = Field(default=0.0, ge=0)
+    enabled: bool = Field(default=True, description=(
+        "Run the node checks; false turns the GPU check off."))
+    check_gpus: bool = Field(default=True, description=(
+        "Fail when a node sees fewer GPUs than its rank needs (tp*pp/nnodes)."))
+    min_free_disk_gb: float = Field(default=0.0, ge=0, description=(
+        "Fail when the workspace has less free disk than this on a node (GB); 0: no check."))
+    nccl: bool = Field(default=False, description=(
+        "Reserved for an NCCL all-reduce check across the nodes (docs/preflight.md); "
+        "the rendered script does not run it yet."))
+    nccl_min_busbw_gbps: float = Field(default=0.0, ge=0, description=(
+        "Reserved: the least bus bandwidth (GB/s) that NCCL check would accept."))
 
 
 class RouterSettings(_Strict):
     """Where sglang-router comes from when --dp N spans nodes as replicas, and its policy."""
 
-    source: Literal["image", "venv", "none"] = "image"
-    venv: str = ""
-    policy: Literal["cache_aware", "round_robin", "random", "power_of_two"] = "cache_aware"
+    source: Literal["image", "venv", "none"] = Field(default="image", description=(
+        "Where sglang-router runs from when --dp spans nodes as replicas: image (the "
+        "serving image, docker/podman), venv (router.venv), none (replicas refused)."))
+    venv: str = Field(default="", description=(
+        "Absolute path of a venv with sglang-router, on storage every node sees; for "
+        "source venv."))
+    policy: Literal["cache_aware", "round_robin", "random", "power_of_two"] = Field(
+        default="cache_aware", description="How the router picks a replica.")
 
     @field_validator("venv")
     @classmethod
@@ -146,11 +206,19 @@ class RouterSettings(_Strict):
 class ClusterProfile(_Strict):
     """One cluster's settings: SLURM, fabric, container, paths and pre-flight."""
 
-    name: str = DEFAULT_PROFILE_NAME
-    description: str = ""
-    extends: str = ""
-    template_dir: str = ""
-    sglang_version: str = ""
+    name: str = Field(default=DEFAULT_PROFILE_NAME, description=(
+        "Profile name, shown in the script's header; default: the file name."))
+    description: str = Field(default="", description="One line for `profiles list`.")
+    extends: str = Field(default="", description=(
+        "A profile this one builds on: a built-in name or a YAML path (relative to this "
+        "file). Mappings merge key by key; lists and values replace."))
+    template_dir: str = Field(default="", description=(
+        "Directory searched before the built-in templates, to replace single partials "
+        "(e.g. partials/fabric_tcp.sh.j2); then SLURM_SGLANG_TEMPLATE_DIR, then the "
+        "built-ins."))
+    sglang_version: str = Field(default="", description=(
+        "sglang version on the cluster, for the offline flag checks; empty: the newest "
+        "known."))
     slurm: SlurmSettings = Field(default_factory=SlurmSettings)
     fabric: FabricSettings = Field(default_factory=FabricSettings)
     container: ContainerSettings = Field(default_factory=ContainerSettings)
