@@ -294,7 +294,13 @@ def _parse_yaml(source: ProfileSource) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
-        raise ProfileError(f"{source.path}{where}: not valid YAML ({exc})") from exc
+        # One line per problem: PyYAML's own text spans several, with source excerpts.
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        context = getattr(exc, "context", None)
+        context_mark = getattr(exc, "context_mark", None)
+        if context and context_mark is not None:
+            problem += f" ({context} at line {context_mark.line + 1})"
+        raise ProfileError(f"{source.path}{where}: not valid YAML: {problem}") from exc
     if data is None:
         return {}
     if not isinstance(data, dict):
