@@ -231,6 +231,72 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_profiles_list(args: argparse.Namespace) -> int:
+    """The built-in profiles, one line each."""
+    from slurm_sglang.profile import builtin_profile_names, load_profile
+
+    rows = [{"name": name, "description": load_profile(name).description}
+            for name in builtin_profile_names()]
+    _emit(args, rows, "\n".join(f"{row['name']:<14} {row['description']}" for row in rows))
+    return 0
+
+
+def cmd_profiles_show(args: argparse.Namespace) -> int:
+    """One profile as the renderer sees it: extends resolved, every default filled in."""
+    import yaml
+
+    from slurm_sglang.profile import load_profile
+
+    data = load_profile(args.profile).model_dump(mode="json")
+    _emit(args, data, yaml.safe_dump(data, sort_keys=False).rstrip("\n"))
+    return 0
+
+
+def cmd_profiles_validate(args: argparse.Namespace) -> int:
+    """Every problem of each file with its YAML line; exit 2 when any."""
+    from slurm_sglang.profile import validate_profile_file
+
+    problems = {path: validate_profile_file(path) for path in args.files}
+    lines = [line for path, found in problems.items() for line in (found or [f"{path}: ok"])]
+    _emit(args, problems, "\n".join(lines))
+    return EXIT_USAGE if any(problems.values()) else 0
+
+
+def cmd_profiles_init(args: argparse.Namespace) -> int:
+    """A commented starting profile, on standard output or in a new file."""
+    from slurm_sglang.profile_init import render_profile_init
+
+    text = render_profile_init(args.from_profile)
+    if args.output in (None, "-"):
+        sys.stdout.write(text)
+        return 0
+    try:
+        with open(args.output, "x", encoding="utf-8") as sink:
+            sink.write(text)
+    except FileExistsError:
+        raise UsageError(f"{args.output} exists; remove it or choose another name") from None
+    print(f"wrote {args.output}; check it with: {PROG} profiles validate {args.output}",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_profiles_schema(args: argparse.Namespace) -> int:
+    """The JSON Schema of a profile file, for editors."""
+    from slurm_sglang.profile import profile_schema
+
+    print(json.dumps(profile_schema(), indent=2))
+    return 0
+
+
+def cmd_preflight(args: argparse.Namespace) -> int:
+    """Run the rendered script's NCCL check over this allocation's nodes, and stop."""
+    from slurm_sglang.preflight_launch import run_nccl_preflight
+
+    if not args.nccl:
+        raise UsageError("preflight: say which check: --nccl")
+    return run_nccl_preflight(args.cluster, args.script_args)
+
+
 def cmd_sandbox(args: argparse.Namespace) -> int:
     """Bring the local multi-node sandbox up or down, or show it."""
     from slurm_sglang.sandbox import cluster
@@ -349,6 +415,37 @@ def build_parser() -> argparse.ArgumentParser:
     listing = verbs.add_parser("list", help="recorded jobs, newest first")
     listing.add_argument("--json", action="store_true", help="print JSON")
     listing.set_defaults(handler=cmd_list)
+
+    profiles = verbs.add_parser("profiles", help="cluster profiles: list, show, validate, init")
+    profile_verbs = profiles.add_subparsers(dest="profiles_verb", required=True,
+                                            parser_class=_Parser)
+    profile_listing = profile_verbs.add_parser("list", help="the built-in profiles")
+    profile_listing.add_argument("--json", action="store_true", help="print JSON")
+    profile_listing.set_defaults(handler=cmd_profiles_list)
+    profile_show = profile_verbs.add_parser("show", help="a profile resolved (extends, defaults)")
+    profile_show.add_argument("profile", metavar="NAME|FILE", help="built-in name or YAML file")
+    profile_show.add_argument("--json", action="store_true", help="print JSON instead of YAML")
+    profile_show.set_defaults(handler=cmd_profiles_show)
+    profile_validate = profile_verbs.add_parser("validate", help="every error with its YAML line")
+    profile_validate.add_argument("files", nargs="+", metavar="FILE", help="profile YAML files")
+    profile_validate.add_argument("--json", action="store_true", help="print JSON")
+    profile_validate.set_defaults(handler=cmd_profiles_validate)
+    profile_init = profile_verbs.add_parser("init", help="a commented starting profile")
+    profile_init.add_argument("--from", dest="from_profile", default="default",
+                              metavar="NAME|FILE",
+                              help="start from this profile's values (default: default)")
+    profile_init.add_argument("-o", "--output", help="new file to write (default: standard output)")
+    profile_init.set_defaults(handler=cmd_profiles_init)
+    profile_schema = profile_verbs.add_parser("schema", help="JSON Schema, for editors")
+    profile_schema.set_defaults(handler=cmd_profiles_schema)
+
+    preflight = verbs.add_parser("preflight", help="inside an allocation: check the fabric")
+    _profile_cluster_option(preflight)
+    preflight.add_argument("--nccl", action="store_true",
+                           help="time an all-reduce over every GPU of every node")
+    preflight.add_argument("script_args", nargs=argparse.REMAINDER,
+                           help="-- then run.sbatch options (--image, --workspace, ...)")
+    preflight.set_defaults(handler=cmd_preflight)
 
     sandbox = verbs.add_parser("sandbox", help="a local multi-node SLURM cluster (root)")
     sandbox.add_argument("sandbox_verb", choices=["up", "down", "status", "demo"])
