@@ -99,7 +99,7 @@ class FabricSettings(_Strict):
     efa_plugin_path: str = Field(
         default="/opt/amazon/efa/lib:/opt/aws-ofi-nccl/lib", description=(
             "Colon-separated directories of libfabric and the aws-ofi-nccl plugin, "
-            "put on the ranks' library path. efa only."))
+            "exported to the ranks as SLURM_SGLANG_EFA_LIBRARY_PATH. efa only."))
     env: dict[str, str] = Field(default_factory=dict, description=(
         "Environment variables for every rank, set after the fabric's own so they win, "
         "e.g. NCCL_DEBUG: INFO."))
@@ -170,16 +170,16 @@ class PreflightSettings(_Strict):
     """Checks run on every node before any rank starts."""
 
     enabled: bool = Field(default=True, description=(
-        "Run the node checks; false turns the GPU check off."))
+        "Run the pre-flight checks; false turns the GPU and NCCL checks off."))
     check_gpus: bool = Field(default=True, description=(
         "Fail when a node sees fewer GPUs than its rank needs (tp*pp/nnodes)."))
     min_free_disk_gb: float = Field(default=0.0, ge=0, description=(
         "Fail when the workspace has less free disk than this on a node (GB); 0: no check."))
     nccl: bool = Field(default=False, description=(
-        "Reserved for an NCCL all-reduce check across the nodes (docs/preflight.md); "
-        "the rendered script does not run it yet."))
+        "Run one NCCL all-reduce over every node before any rank starts "
+        "(docs/preflight.md); the script's --skip-preflight turns it off."))
     nccl_min_busbw_gbps: float = Field(default=0.0, ge=0, description=(
-        "Reserved: the least bus bandwidth (GB/s) that NCCL check would accept."))
+        "Fail the NCCL check below this all-reduce bus bandwidth (GB/s); 0: no minimum."))
 
 
 class RouterSettings(_Strict):
