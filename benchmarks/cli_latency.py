@@ -1,0 +1,115 @@
+"""CLI start-up latency: wall time of `python -m slurm_sglang render` and `check`, run after run.
+
+Each command runs as a fresh process (subprocess), a few warm-up runs first so the page cache
+and Python's bytecode caches are warm, then --runs timed runs; the table gives mean, standard
+deviation, min, median and max in milliseconds, with the bare interpreter as the floor.
+`--importtime` adds, per command, the imports that cost most (python -X importtime,
+cumulative microseconds).
+
+Run: python benchmarks/cli_latency.py [--runs 20] [--warmup 3] [--importtime] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+from bench_common import REPO, describe, machine, table
+
+TARGET_S = 0.3
+CHECK_ARGS = ["--", "--model-path", "Qwen/Qwen2.5-72B-Instruct", "--tp", "16"]
+COMMANDS: dict[str, list[str]] = {
+    "python -c pass (floor)": ["-c", "pass"],
+    "render": ["-m", "slurm_sglang", "render", "--cluster", "default"],
+    "check": ["-m", "slurm_sglang", "check", "--cluster", "default", *CHECK_ARGS],
+    "check --json": ["-m", "slurm_sglang", "check", "--json", *CHECK_ARGS],
+}
+
+
+def time_command(argv: list[str], runs: int, warmup: int) -> list[float]:
+    """Wall seconds of each timed run; a failing command stops the benchmark."""
+    samples = []
+    for index in range(warmup + runs):
+        started = time.perf_counter()
+        result = subprocess.run(argv, cwd=REPO, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        elapsed = time.perf_counter() - started
+        if result.returncode != 0:
+            raise SystemExit(f"benchmark: {' '.join(argv)} exited {result.returncode}:\n"
+                             f"{result.stderr}")
+        if index >= warmup:
+            samples.append(elapsed)
+    return samples
+
+
+def import_costs(argv: list[str], top: int) -> list[tuple[int, str]]:
+    """The `top` imports by cumulative microseconds, from one run with -X importtime."""
+    result = subprocess.run([argv[0], "-X", "importtime", *argv[1:]], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    costs = []
+    for line in result.stderr.splitlines():
+        if not line.startswith("import time:") or "|" not in line:
+            continue
+        _, cumulative, name = line.split("|")
+        try:
+            costs.append((int(cumulative), name.rstrip()))
+        except ValueError:
+            continue
+    return sorted(costs, reverse=True)[:top]
+
+
+def summary(samples: list[float]) -> dict[str, float]:
+    """Mean, standard deviation, min, median and max, in milliseconds."""
+    milliseconds = [sample * 1000 for sample in samples]
+    return {
+        "mean_ms": statistics.fmean(milliseconds),
+        "stdev_ms": statistics.stdev(milliseconds) if len(milliseconds) > 1 else 0.0,
+        "min_ms": min(milliseconds),
+        "median_ms": statistics.median(milliseconds),
+        "max_ms": max(milliseconds),
+    }
+
+
+def main() -> int:
+    """Time every command and print the table (or JSON)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=20, help="timed runs per command (20)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed runs first (3)")
+    parser.add_argument("--importtime", action="store_true", help="list the costliest imports")
+    parser.add_argument("--top", type=int, default=12, help="imports listed per command (12)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args()
+
+    results: dict[str, Any] = {}
+    for name, command in COMMANDS.items():
+        argv = [sys.executable, *command]
+        results[name] = summary(time_command(argv, args.runs, args.warmup))
+        if args.importtime:
+            results[name]["imports_us"] = import_costs(argv, args.top)
+    about = machine()
+    if args.json:
+        print(json.dumps({"machine": about, "runs": args.runs, "target_s": TARGET_S,
+                          "commands": {name: " ".join(cmd) for name, cmd in COMMANDS.items()},
+                          "results": results}, indent=2))
+        return 0
+    rows = [[name, f"{r['mean_ms']:.0f} ± {r['stdev_ms']:.0f}", f"{r['min_ms']:.0f}",
+             f"{r['median_ms']:.0f}", f"{r['max_ms']:.0f}"] for name, r in results.items()]
+    print(f"CLI start-up, {args.runs} runs each after {args.warmup} warm-up runs, "
+          f"milliseconds (target: under {TARGET_S * 1000:.0f})")
+    print(table(["command", "mean ± sd", "min", "median", "max"], rows))
+    if args.importtime:
+        for name, result in results.items():
+            print(f"\n{name}: costliest imports (cumulative us)")
+            for cumulative, module in result["imports_us"]:
+                print(f"  {cumulative:>9}  {module}")
+    print(describe(about))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
