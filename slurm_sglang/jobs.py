@@ -151,7 +151,8 @@ def status_from(queue_state: str | None, state_word: str | None) -> JobStatus:
             return JobStatus.UNKNOWN
         return own if own.finished else JobStatus.STOPPED
     queue = _QUEUE_STATES.get(queue_state.strip().split(" ")[0])
-    if queue in (JobStatus.PENDING,) and own is None:
+    if queue is JobStatus.PENDING:
+        # Queued again (requeue): the state file is the earlier run's.
         return JobStatus.PENDING
     if own is not None:
         if queue is not None and queue.finished and not own.finished:

@@ -124,3 +124,54 @@ def test_invalid_profile_submits_nothing(sandbox: SandboxInfo, cli_env: dict[str
     assert done.returncode == 2
     assert f"{bad}:3: unknown key 'slurm.partiton'" in done.stderr
     assert _queued_jobs() <= before
+
+
+def _wait(predicate: object, timeout: float, what: str) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{what} not within {timeout} s")
+
+
+def _restarts(job_id: str) -> int:
+    shown = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True)
+    for word in shown.stdout.split():
+        if word.startswith("Restarts="):
+            return int(word.split("=")[1])
+    return -1
+
+
+def test_requeue_on_time_limit_and_endpoint_follows(sandbox: SandboxInfo,
+                                                    cli_env: dict[str, str], model_dir: Path,
+                                                    tmp_path: Path) -> None:
+    profile = tmp_path / "requeue.yaml"
+    profile.write_text(f"extends: {sandbox.profile_path}\nslurm:\n  requeue: true\n")
+    # A 3-minute limit: submitit's warning comes 120 s before the end, about a minute in.
+    done = _cli("submit", "--cluster", str(profile), "--nodes", "2", "--time", "3", "--json", "--",
+                "--model-path", str(model_dir), "--tp", "2", env=cli_env)
+    assert done.returncode == 0, done.stderr
+    first = json.loads(done.stdout)
+    job_id = first["job_id"]
+    try:
+        _wait(lambda: _restarts(job_id) == 1, 150, "the requeue")
+        log_dir = Path(first["log_dir"])
+        driver_log = (log_dir / "submitit" / f"{job_id}_0_log.out").read_text()
+        assert "Requeued job" in driver_log
+        assert "received SIGTERM: stopping every rank" in driver_log
+        # The first run's driver stopped its ranks and said so before the requeue.
+        assert (log_dir / "state").read_text().strip() == "stopped"
+        status = json.loads(_cli("status", job_id, "--json", env=cli_env).stdout)
+        assert status["status"] in ("pending", "starting", "preparing", "launching", "loading")
+        # SLURM holds a requeued job for two minutes; an admin may release it at once.
+        subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
+        _wait(lambda: _cli("endpoint", job_id, env=cli_env).returncode == 0, 120,
+              "the requeued job's endpoint")
+        second = json.loads((log_dir / "endpoint.json").read_text())
+        assert second["job_id"] == job_id and second["ready_at"] != first["endpoint"]["ready_at"]
+    finally:
+        _cli("cancel", job_id, env=cli_env)
+    assert job_containers(sandbox, job_id) == {node: [] for node in sandbox.nodes}

@@ -71,6 +71,7 @@ def test_parse_event_keeps_free_text_detail() -> None:
     ("queue", "own", "status"),
     [
         ("PENDING", None, JobStatus.PENDING),
+        ("PENDING", "ready", JobStatus.PENDING),
         ("RUNNING", None, JobStatus.STARTING),
         ("RUNNING", "preparing", JobStatus.PREPARING),
         ("RUNNING", "loading", JobStatus.LOADING),
