@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import shlex
 import subprocess
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -15,6 +19,7 @@ from slurm_sglang.errors import UserInputError
 from slurm_sglang.jobs import JobRecord
 from slurm_sglang.profile import ClusterProfile
 from slurm_sglang.transport import Transport
+from slurm_sglang.transport.base import raise_for_result
 
 _TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
 
@@ -52,6 +57,9 @@ class SubmitRequest:
     job_name: str = "sglang"
     time: str = ""
     partition: str = ""
+    # Variables for the job's environment (HF_TOKEN, SGLANG_*): over SSH they travel through the
+    # transport's env file, never on a command line.
+    env: Mapping[str, str] = field(default_factory=dict)
 
 
 class ServeCommand:
@@ -60,21 +68,50 @@ class ServeCommand:
     def __init__(self, argv: Sequence[str], requeue: bool) -> None:
         self.argv = list(argv)
         self.requeue = requeue
+        self._driver: subprocess.Popen[bytes] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The running driver stays behind: a requeued job starts its own.
+        return {"argv": self.argv, "requeue": self.requeue}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["argv"], state["requeue"])  # type: ignore[misc]
 
     def __call__(self) -> int:
         """Run run.sbatch; its exit code becomes the job's."""
-        code = subprocess.run(self.argv, check=False).returncode
+        self._driver = subprocess.Popen(self.argv)
+        code = self._driver.wait()
         if code:
             raise RuntimeError(f"run.sbatch exited with code {code}")
         return code
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
-        """On preemption or time limit, resubmit the same command when the profile asks for it."""
+        """On preemption or time limit, resubmit the same command when the profile asks for it.
+
+        The driver is stopped first, so it removes its containers on every node while the
+        allocation still exists; SLURM would otherwise kill it outright at the requeue.
+        """
         if not self.requeue:
             return None
+        if self._driver is not None and self._driver.poll() is None:
+            self._driver.terminate()
+            # This runs in a signal handler that interrupted __call__'s wait, which holds
+            # Popen's wait lock: watch the process itself instead of waiting on it.
+            deadline = time.monotonic() + 60
+            while _process_alive(self._driver.pid) and time.monotonic() < deadline:
+                time.sleep(0.2)
         import submitit
 
         return submitit.helpers.DelayedSubmission(self)
+
+
+def _process_alive(pid: int) -> bool:
+    """True while the process runs (a zombie, already exited, counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def _now() -> str:
@@ -96,7 +133,11 @@ def submit_local(request: SubmitRequest) -> JobRecord:
     script.write_text(request.script_text)
     script.chmod(0o755)
     folder = Path(request.workspace) / request.profile.paths.logs / "%j" / "submitit"
-    executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=3 if slurm.requeue else 0)
+    # `exec` makes submitit's python the batch shell itself, so the time-limit warning
+    # (--signal=B:USR2) reaches its checkpoint handler instead of killing a bash parent.
+    executor = submitit.SlurmExecutor(
+        folder=folder, max_num_timeout=3 if slurm.requeue else 0,
+        python=f"exec {shlex.quote(sys.executable)}")
     parameters: dict[str, Any] = {
         "job_name": request.job_name,
         "nodes": request.nodes,
@@ -124,13 +165,29 @@ def submit_local(request: SubmitRequest) -> JobRecord:
         parameters["additional_parameters"][key] = value or True
     executor.update_parameters(**parameters)
     command = ServeCommand(["bash", str(script), *request.script_args], slurm.requeue)
-    job = executor.submit(command)
+    with _environment(request.env):
+        job = executor.submit(command)
     log_dir = Path(request.workspace) / request.profile.paths.logs / str(job.job_id)
     return JobRecord(
         job_id=str(job.job_id), cluster=request.cluster, log_dir=str(log_dir),
         script=str(script), sglang_args=list(request.script_args), submitted_at=_now(),
         driver_log=str(job.paths.stdout), name=request.job_name,
     )
+
+
+@contextlib.contextmanager
+def _environment(env: Mapping[str, str]) -> Iterator[None]:
+    """os.environ plus env while submitit runs sbatch, which exports it to the job."""
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def submit_remote(request: SubmitRequest, transport: Transport, host: str) -> JobRecord:
@@ -146,7 +203,14 @@ def submit_remote(request: SubmitRequest, transport: Transport, host: str) -> Jo
         options.append(f"--time={request.time}")
     if request.partition:
         options.append(f"--partition={request.partition}")
-    result = transport.run(["sbatch", "--parsable", *options, script, *request.script_args])
+    # sbatch exports its own environment to the job (--export=ALL), so env reaches the ranks.
+    result = transport.run(["sbatch", "--parsable", *options, script, *request.script_args],
+                           env=request.env or None, check=False)
+    if result.returncode not in (0, 127):
+        reason = (result.stderr.strip().splitlines() or [f"exit {result.returncode}"])[-1]
+        reason = re.sub(r"^(sbatch: )?(error: )?", "", reason)
+        raise UserInputError(f"sbatch on {host} refused the job: {reason}")
+    raise_for_result(result, host)
     job_id = result.stdout.strip().split(";")[0]
     if not job_id.isdigit():
         raise RuntimeError(f"sbatch on {host} answered {result.stdout.strip()!r}, not a job id")
