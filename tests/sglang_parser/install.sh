@@ -31,6 +31,8 @@ readonly PARSER_PACKAGES=(
   "ipython==9.18.1"
   "pydantic==2.14.4"
   "aiohttp==3.14.5"
+  # Not imported by the module, but by prepare_server_args when the argv has --config.
+  "pyyaml==6.0.3"
 )
 readonly COMPLETE_MARKER=".slurm-sglang-parser-complete"
 
