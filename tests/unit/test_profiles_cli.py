@@ -197,3 +197,18 @@ def test_schema_is_json_schema_with_every_field_described(
 def test_profiles_needs_a_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "profiles")
     assert code == 2 and "required" in err
+
+
+def test_admin_guide_documents_every_key() -> None:
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "admin-guide.md").read_text()
+    chunks = {chunk.split("\n", 1)[0]: chunk for chunk in guide.split("\n### ")[1:]}
+    missing = []
+    for key, field in ClusterProfile.model_fields.items():
+        section = field.annotation
+        if isinstance(section, type) and issubclass(section, BaseModel):
+            (chunk,) = [text for title, text in chunks.items() if title.startswith(f"`{key}:`")]
+            missing += [f"{key}.{name}" for name in section.model_fields
+                        if f"`{name}`" not in chunk]
+        elif f"`{key}`" not in chunks["Top level"]:
+            missing.append(key)
+    assert missing == []
