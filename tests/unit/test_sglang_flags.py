@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import subprocess
 import sys
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from slurm_sglang.maintenance.known_flags import describe_parser, format_table
 from slurm_sglang.sglang_flags import (
     LATEST_KNOWN,
     RENAMES,
@@ -348,3 +351,40 @@ def test_a_broken_parser_install_is_reported_not_mistaken_for_a_missing_one(
     assert verdict.message == (
         f"skipped: sglang's parser in {broken_python} failed (exit status 139):\nSegmentation fault"
     )
+
+
+class DeprecatedStoreTrueAction(argparse.Action):
+    """Shaped like sglang's: a class name starting with Deprecated and a new_flag."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        self.new_flag = kwargs.pop("new_flag")
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> None:
+        raise NotImplementedError
+
+
+def test_table_generator_describes_what_argparse_declares() -> None:
+    parser = argparse.ArgumentParser(prog="sglang serve")
+    parser.add_argument("--tp-size", "--tensor-parallel-size", type=int)
+    parser.add_argument("--backend", choices={"b", "a"})
+    parser.add_argument("--buckets", nargs="+", type=float)
+    parser.add_argument("--old", action=DeprecatedStoreTrueAction, new_flag="--new")
+    text = format_table(describe_parser(parser))
+    table = json.loads(text)
+    assert table["allow_abbrev"] is True
+    assert table["flags"]["--tp-size"] == {
+        "dest": "tp_size",
+        "option_strings": ["--tp-size", "--tensor-parallel-size"],
+        "order": 1,
+        "takes_value": True,
+        "type": "int",
+    }
+    assert table["flags"]["--backend"]["choices"] == ["a", "b"]
+    assert table["flags"]["--buckets"]["nargs"] == "+"
+    assert table["flags"]["--old"]["deprecated"] == {
+        "action": "DeprecatedStoreTrueAction",
+        "use": "--new",
+    }
+    assert table["flags"]["--old"]["takes_value"] is False
+    assert list(table["flags"]) == ["--backend", "--buckets", "--old", "--tp-size", "-h"]
