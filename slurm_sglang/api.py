@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,7 +20,7 @@ from slurm_sglang.spec import (
 )
 
 if TYPE_CHECKING:
-    from slurm_sglang.transport import Transport
+    from slurm_sglang.transport import Transport, Tunnel
 
 
 @dataclass(frozen=True)
@@ -126,8 +127,11 @@ def submit(
     workspace: str = "",
     ssh: str = "",
     trust_new_host: bool = False,
+    env: Mapping[str, str] | None = None,
 ) -> JobRecord:
-    """Validate, render and submit; records the job and returns its record. Raises on bad input."""
+    """Validate, render and submit; records the job and returns its record. Raises on bad input.
+
+    env adds variables to the job's environment (over SSH never on a command line)."""
     from slurm_sglang.errors import UserInputError
     from slurm_sglang.jobs import save_record
     from slurm_sglang.render import render_script
@@ -155,7 +159,7 @@ def submit(
     request = SubmitRequest(
         profile=profile, cluster=cluster, script_text=render_script(profile, report.nodes),
         script_args=tuple(script_args), nodes=report.nodes, workspace=workspace, job_name=name,
-        time=time, partition=partition,
+        time=time, partition=partition, env=dict(env or {}),
     )
     if ssh:
         with _open_transport(ssh, trust_new_host) as transport:
@@ -253,3 +257,22 @@ def log_path(record: JobRecord, node: str | None = None, rank: int | None = None
 
     ranks = [name for name in listing if name.startswith("rank-")]
     raise UserInputError(f"no log for {wanted} in {record.log_dir} (have: {', '.join(ranks)})")
+
+
+@contextlib.contextmanager
+def tunnel(record: JobRecord, local_port: int = 0) -> Iterator[Tunnel]:
+    """Forward 127.0.0.1:local_port (0: any free one) to the ready job's head, via its host."""
+    from slurm_sglang.errors import UserInputError
+    from slurm_sglang.transport import open_tunnel
+
+    with _open_transport(record.host) as transport:
+        view = job_view(record, transport)
+        if view.status is not JobStatus.READY or not view.endpoint:
+            raise UserInputError(
+                f"job {record.job_id} is {view.status.value}, not ready: nothing to tunnel to "
+                f"(follow it with: python -m slurm_sglang status {record.job_id})"
+            )
+        head = str(view.endpoint.get("head_ip") or view.endpoint.get("head"))
+        port = int(str(view.endpoint["port"]))
+        with open_tunnel(transport, head, port, local_port) as forward:
+            yield forward

@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 
 PROG = "slurm-sglang"
 EXIT_USAGE = 2
+# How often an open tunnel checks that its job still serves.
+_TUNNEL_CHECK_SECONDS = 5.0
 
 
 class UsageError(Exception):
@@ -77,7 +79,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0 if report.ok else EXIT_USAGE
 
 
-def _print_phase(view: api.JobView, started: float, stream: TextIO) -> None:
+def _print_phase(view: api.JobView, started: float, stream: TextIO, printed: list[str]) -> None:
     elapsed = time.monotonic() - started
     if view.status is JobStatus.PENDING:
         phase = f"queued ({view.queue_state or 'PENDING'})"
@@ -85,6 +87,10 @@ def _print_phase(view: api.JobView, started: float, stream: TextIO) -> None:
         phase = view.status.value
     else:
         phase = view.progress.phase
+    # The events can say "ready" a poll before the state file does: one line for both.
+    if printed[-1:] == [phase]:
+        return
+    printed.append(phase)
     print(f"[{elapsed:6.1f}s] job {view.record.job_id}: {phase}", file=stream, flush=True)
 
 
@@ -105,6 +111,8 @@ def _ready_text(view: api.JobView) -> str:
         f"    client.chat.completions.create(model=\"{model}\", "
         "messages=[{\"role\": \"user\", \"content\": \"Hello\"}])",
         "",
+        *([f"  from this machine (the URL above is the cluster's): "
+           f"python -m slurm_sglang tunnel {view.record.job_id}"] if view.record.host else []),
         f"  stop it with: python -m slurm_sglang cancel {view.record.job_id}",
     ])
 
@@ -129,9 +137,10 @@ def _follow_until_ready(args: argparse.Namespace, record: JobRecord) -> int:
 
     started = time.monotonic()
     stream = sys.stderr
+    printed: list[str] = []
     try:
         view = api.follow(record, lambda view: None if args.json else _print_phase(
-            view, started, stream), timeout=args.timeout)
+            view, started, stream, printed), timeout=args.timeout)
     except KeyboardInterrupt:
         print(f"\nstopped following; the job runs on. Cancel it with: "
               f"python -m slurm_sglang cancel {record.job_id}", file=sys.stderr)
@@ -153,7 +162,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         args.sglang_args, args.cluster, args.nodes, time=args.time or "",
         partition=args.partition or "", name=args.name, image=args.image or "", port=args.port,
         health_timeout=args.health_timeout, workspace=args.workspace or "", ssh=args.ssh or "",
-        trust_new_host=args.trust_new_host)
+        trust_new_host=args.trust_new_host, env=_job_env(args.env or []))
     if not args.json:
         where = f" on {record.host}" if record.host else ""
         print(f"submitted job {record.job_id}{where}; logs in {record.log_dir}", file=sys.stderr)
@@ -161,6 +170,24 @@ def cmd_submit(args: argparse.Namespace) -> int:
         _emit(args, {"job_id": record.job_id, "log_dir": record.log_dir}, record.job_id)
         return 0
     return _follow_until_ready(args, record)
+
+
+def _job_env(entries: Sequence[str]) -> dict[str, str]:
+    """--env NAME=VALUE, or NAME alone for this shell's value (tokens stay off command lines)."""
+    import os
+    import re
+
+    env: dict[str, str] = {}
+    for entry in entries:
+        name, has_value, value = entry.partition("=")
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise UsageError(f"--env {entry!r}: {name!r} is not a variable name")
+        if not has_value:
+            if name not in os.environ:
+                raise UsageError(f"--env {name}: not set here; pass {name}=VALUE")
+            value = os.environ[name]
+        env[name] = value
+    return env
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -228,6 +255,28 @@ def cmd_cancel(args: argparse.Namespace) -> int:
         _emit(args, _view_dict(view), f"job {view.record.job_id} still {view.queue_state}")
         return 1
     _emit(args, _view_dict(view), f"job {view.record.job_id} cancelled ({view.status.value})")
+    return 0
+
+
+def cmd_tunnel(args: argparse.Namespace) -> int:
+    """Forward a port on 127.0.0.1 to the job's head until Ctrl-C or the job ends."""
+    from slurm_sglang import api
+
+    record = find_record(args.job)
+    with api.tunnel(record, args.local_port or 0) as forward:
+        print(f"tunnel: {forward.url} -> {forward.remote_host}:{forward.remote_port} "
+              "(Ctrl-C to close)", flush=True)
+        try:
+            while True:
+                time.sleep(_TUNNEL_CHECK_SECONDS)
+                view = api.job_view(record, forward.transport)
+                if view.status is not JobStatus.READY:
+                    print(f"tunnel: job {record.job_id} is {view.status.value}; closing",
+                          file=sys.stderr)
+                    return 1
+        except KeyboardInterrupt:
+            pass
+    print("tunnel closed", file=sys.stderr)
     return 0
 
 
@@ -392,6 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="follow the job until it serves (default) or return at once")
     submit.add_argument("--timeout", type=float, help="stop following after this many seconds")
     _ssh_options(submit)
+    submit.add_argument("--env", action="append", metavar="NAME[=VALUE]",
+                        help="add to the job's environment, repeatable; NAME alone passes its "
+                        "value here (e.g. --env HF_TOKEN)")
     submit.add_argument("--json", action="store_true", help="print one JSON object")
     submit.add_argument("sglang_args", nargs=argparse.REMAINDER, help="-- then sglang's arguments")
     submit.set_defaults(handler=cmd_submit)
@@ -412,6 +464,11 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--follow", "-F", action="store_true", help="keep reading")
         if verb == "cancel":
             sub.add_argument("--timeout", type=float, help="seconds to wait (default 60)")
+    tunnel = verbs.add_parser("tunnel", help="reach a job's API at http://127.0.0.1:PORT")
+    tunnel.add_argument("job", nargs="?", help="job id (default: the latest)")
+    tunnel.add_argument("--local-port", type=_port,
+                        help="port on 127.0.0.1 (default: any free one)")
+    tunnel.set_defaults(handler=cmd_tunnel)
     listing = verbs.add_parser("list", help="recorded jobs, newest first")
     listing.add_argument("--json", action="store_true", help="print JSON")
     listing.set_defaults(handler=cmd_list)
