@@ -23,6 +23,8 @@ from slurm_sglang.sandbox.nodes import containers_on
 
 READY = re.compile(r"^ready: (http://\S+)$", re.M)
 GRANTED = re.compile(r"Granted job allocation (\d+)")
+# salloc names the job as soon as it is queued; a job given up on while queued must still go.
+QUEUED_OR_GRANTED = re.compile(r"(?:Pending|Granted) job allocation (\d+)")
 
 
 @dataclass
@@ -72,7 +74,8 @@ def serve_env(load_seconds: float = 0.5, **extra: str) -> dict[str, str]:
 @contextmanager
 def salloc_serve(sandbox: SandboxInfo, script: Path, nodes: int, args: Sequence[str],
                  tmp_path: Path, salloc_args: Sequence[str] = (), timeout: float = 90,
-                 env: dict[str, str] | None = None) -> Iterator[Serving]:
+                 env: dict[str, str] | None = None,
+                 grant_timeout: float = 120) -> Iterator[Serving]:
     """`salloc -N nodes bash script args`, from the shared directory; scancel on the way out."""
     output = tmp_path / f"salloc-{time.monotonic_ns()}.out"
     with output.open("wb") as sink:
@@ -82,7 +85,7 @@ def salloc_serve(sandbox: SandboxInfo, script: Path, nodes: int, args: Sequence[
             cwd=sandbox.shared_dir, stdout=sink, stderr=subprocess.STDOUT,
             env=env or serve_env(), start_new_session=True)
     try:
-        job_id = _wait_for(GRANTED, output, 30, process).group(1)
+        job_id = _wait_for(GRANTED, output, grant_timeout, process).group(1)
         url = _wait_for(READY, output, timeout, process).group(1)
         yield Serving(job_id, url, output, sandbox.shared_dir / "logs" / job_id, process)
     finally:
@@ -111,7 +114,7 @@ def sbatch_serve(sandbox: SandboxInfo, script: Path, nodes: int, args: Sequence[
 def stop(process: subprocess.Popen[bytes], output: Path) -> None:
     """scancel the allocation the salloc holds and wait for salloc to end."""
     text = output.read_text(errors="replace") if output.exists() else ""
-    match = GRANTED.search(text)
+    match = QUEUED_OR_GRANTED.search(text)
     if match:
         subprocess.run(["scancel", match.group(1)], check=False)
     try:
