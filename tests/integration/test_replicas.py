@@ -225,9 +225,11 @@ def test_exit_on_replica_failure_ends_the_job_naming_it(
 
 def test_dp_that_does_not_fit_is_refused_before_launch(
         sandbox: SandboxInfo, replicas_script: Path, model_dir: Path) -> None:
+    # The refusal comes before any step: the allocation's variables are all it reads.
+    env = serve_env(SLURM_JOB_ID="999999", SLURM_JOB_NODELIST="sbn[1-2]", SLURM_GPUS_PER_NODE="8")
     result = subprocess.run(
-        ["salloc", "-N", "2", "-p", "sandbox", "--gpus-per-node=8", "bash", str(replicas_script),
-         *_args(model_dir, "--tp 4 --dp 8")],
-        cwd=sandbox.shared_dir, capture_output=True, text=True, timeout=60, env=serve_env())
+        ["bash", str(replicas_script), *_args(model_dir, "--tp 4 --dp 8")],
+        cwd=sandbox.shared_dir, capture_output=True, text=True, timeout=60, env=env)
     assert result.returncode == 2
     assert "need 8*4 = 32 GPUs, but 2 node(s) x 8 GPUs hold 2 replica(s) each = 4" in result.stderr
+    assert not (sandbox.shared_dir / "logs" / "999999").exists()
