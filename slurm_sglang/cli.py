@@ -519,9 +519,10 @@ def _version() -> str:
 
 
 def _strip_separator(args: argparse.Namespace) -> None:
-    rest = getattr(args, "sglang_args", None)
-    if rest and rest[0] == "--":
-        args.sglang_args = rest[1:]
+    for name in ("sglang_args", "script_args"):
+        rest = getattr(args, name, None)
+        if rest and rest[0] == "--":
+            setattr(args, name, rest[1:])
 
 
 # Errors that already read as one line for a user; their modules load only when used, so

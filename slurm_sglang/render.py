@@ -20,6 +20,9 @@ from slurm_sglang.profile import ClusterProfile, ContainerSettings, FabricSettin
 BUILTIN_TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
 TEMPLATE_DIR_ENV = "SLURM_SGLANG_TEMPLATE_DIR"
 MAIN_TEMPLATE = "run.sbatch.j2"
+# The NCCL check the rendered script carries in a quoted here-document, ended by this line.
+PREFLIGHT_NCCL_SOURCE = Path(__file__).resolve().parent / "preflight_nccl.py"
+PREFLIGHT_NCCL_END = "PREFLIGHT_NCCL_PY"
 DEFAULT_IMAGE_NAME = "sglang-serve-latest.tar.gz"
 
 # enroot runs through pyxis and apptainer/none start processes directly; podman shares docker's.
@@ -53,6 +56,9 @@ class RenderContext:
     logs_subdir: str
     preflight_check_gpus: bool
     preflight_min_free_disk_gb: str
+    preflight_nccl: bool
+    preflight_nccl_min_busbw_gbps: str
+    preflight_nccl_source: str
     container: ContainerSettings
     fabric: FabricSettings
 
@@ -101,9 +107,20 @@ def build_context(profile: ClusterProfile, nodes: int | None = None) -> RenderCo
         logs_subdir=profile.paths.logs,
         preflight_check_gpus=profile.preflight.check_gpus and profile.preflight.enabled,
         preflight_min_free_disk_gb=f"{profile.preflight.min_free_disk_gb:g}",
+        preflight_nccl=profile.preflight.nccl and profile.preflight.enabled,
+        preflight_nccl_min_busbw_gbps=f"{profile.preflight.nccl_min_busbw_gbps:g}",
+        preflight_nccl_source=preflight_nccl_source(),
         container=profile.container,
         fabric=profile.fabric,
     )
+
+
+def preflight_nccl_source() -> str:
+    """preflight_nccl.py's text, checked to fit inside the script's here-document."""
+    text = PREFLIGHT_NCCL_SOURCE.read_text(encoding="utf-8")
+    if PREFLIGHT_NCCL_END in text.splitlines():
+        raise RenderError(f"{PREFLIGHT_NCCL_SOURCE.name} holds the line {PREFLIGHT_NCCL_END}")
+    return text if text.endswith("\n") else text + "\n"
 
 
 def template_search_path(profile: ClusterProfile) -> list[Path]:
