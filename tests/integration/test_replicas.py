@@ -191,6 +191,13 @@ def test_tp16_dp2_four_nodes_each_replica_spans_two(
         infos = _check_replicas(run, replicas=2, span=2)
         heads = [info["dist_init_addr"] for info in infos]
         assert len(set(heads)) == 2
+        # A worker rank's end fails its whole replica: both of its nodes restart together.
+        _kill_replica(sandbox, run.job_id, replica=1, rank=1)
+        _wait_event(run, r"replica-down .*replica=1 ")
+        _wait_event(run, r"replica-up .*replica=1 .*start=1")
+        restarted = _server_info(_endpoint(run)["replicas"][1]["url"])
+        assert sorted(rank["hostname"] for rank in restarted["ranks"]) == ["sbn3", "sbn4"]
+        assert len(run.get_json("/workers")["workers"]) == 2
         job_id = run.job_id
     assert job_containers(sandbox, job_id) == {node: [] for node in sandbox.nodes}
 
