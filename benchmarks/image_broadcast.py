@@ -85,12 +85,14 @@ def build_image(path: Path) -> None:
         with (rootfs / "payload" / "random.bin").open("wb") as payload:
             for _ in range(PAYLOAD_BYTES // CHUNK):
                 payload.write(os.urandom(CHUNK))
+        # A throwaway store: the machine's own podman storage never holds the image.
+        podman = ["podman", "--root", f"{work}/store", "--runroot", f"{work}/run",
+                  "--storage-driver", "vfs"]
         _pipe(["tar", "-C", str(rootfs), "-cf", "-", "."],
-              ["podman", "import", "--quiet", "-", IMAGE_REF])
+              [*podman, "import", "--quiet", "-", IMAGE_REF])
         partial = path.with_name(path.name + ".tmp")
-        _pipe(["podman", "save", IMAGE_REF], ["pigz", "-1"], partial)
+        _pipe([*podman, "save", IMAGE_REF], ["pigz", "-1"], partial)
         partial.replace(path)
-    subprocess.run(["podman", "rmi", "-f", IMAGE_REF], capture_output=True, check=False)
 
 
 def shared_copy(sandbox: SandboxInfo) -> Path:

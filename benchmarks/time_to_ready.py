@@ -16,7 +16,7 @@ Clock: every instant is this machine's wall clock (the sandbox's nodes share it)
 - ready: the `ready: URL` line reaching this script.
 
 Run: python benchmarks/time_to_ready.py [--nodes 2,4,8,16,32] [--repeat 5] [--load-seconds 2]
-     [--json]
+     [--compare-template-dir DIR] [--warmup N] [--exclusive] [--json]
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import argparse
 import calendar
 import json
 import os
+import random
 import re
 import subprocess
 import sys
@@ -48,10 +49,19 @@ from bench_common import (
 )
 
 from slurm_sglang.profile import load_profile
-from slurm_sglang.render import render_script, write_script
+from slurm_sglang.render import (
+    MAIN_TEMPLATE,
+    build_context,
+    make_environment,
+    template_search_path,
+    write_script,
+)
 from slurm_sglang.sandbox.layout import SandboxInfo
 
 GRANTED = re.compile(r"Granted job allocation (\d+)")
+# salloc names the job as soon as it is queued, so a run that never starts can be cancelled.
+JOB_ID = re.compile(r"(?:Pending|Granted) job allocation (\d+)")
+QUEUE_TIMEOUT_S = 900
 DRIVER_START = re.compile(r"^slurm-sglang: job \d+:")
 READY = re.compile(r"^ready: (http://\S+)$")
 EVENT = re.compile(r"^(\d\d):(\d\d):(\d\d)\.(\d{3}) (\S+)(.*)$")
@@ -227,7 +237,7 @@ class HealthWatch:
 
 
 def run_once(sandbox: SandboxInfo, script: Path, nodes: int, load_seconds: float,
-             model: Path, timeout: float) -> Run:
+             model: Path, timeout: float, exclusive: bool = False) -> Run:
     """One salloc of `nodes` nodes up to the ready line; the job is cancelled afterwards."""
     env = {
         **os.environ,
@@ -236,18 +246,21 @@ def run_once(sandbox: SandboxInfo, script: Path, nodes: int, load_seconds: float
         "SGLANG_STANDIN_LOAD_SECONDS": str(load_seconds),
         "SGLANG_STANDIN_WARMUP_SECONDS": "0",
     }
-    # Exclusive nodes, as the seed allocates them: other jobs on the sandbox neither share the
-    # nodes' ports nor their CPUs during a run.
-    argv = ["salloc", "-N", str(nodes), "-p", "sandbox", "--exclusive", "bash", str(script),
-            "--model-path", str(model), "--tp", str(nodes)]
+    # The sandbox shares nodes between jobs (OverSubscribe): ports of our own keep a run clear
+    # of other jobs' servers without waiting for whole nodes.
+    argv = ["salloc", "-N", str(nodes), "-p", "sandbox", *(["--exclusive"] if exclusive else []),
+            "bash", str(script), "--model-path", str(model), "--tp", str(nodes),
+            "--port", str(random.randrange(31000, 39000)),
+            "--dist-port", str(random.randrange(40000, 48000))]
     process = subprocess.Popen(argv, cwd=sandbox.shared_dir, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, start_new_session=True)
     clock = LineClock(process)
     job_id = ""
     watch: HealthWatch | None = None
     try:
-        granted, match = clock.wait_for(GRANTED, 120, process)
+        _, match = clock.wait_for(JOB_ID, 60, process)
         job_id = match.group(1)
+        granted, _ = clock.wait_for(GRANTED, QUEUE_TIMEOUT_S, process)
         log_dir = sandbox.shared_dir / "logs" / job_id
         watch = HealthWatch(log_dir / "events.log")
         driver_start, _ = clock.wait_for(DRIVER_START, timeout, process)
@@ -284,10 +297,16 @@ def summarise(runs: list[Run], load_seconds: float) -> dict[str, Any]:
     }
 
 
-def render_sandbox_script(sandbox: SandboxInfo) -> Path:
-    """run.sbatch rendered from the sandbox's profile, into the shared directory."""
-    path = sandbox.shared_dir / "scripts" / "bench-run-sandbox.sbatch"
-    write_script(render_script(load_profile(str(sandbox.profile_path))), path)
+def render_sandbox_script(sandbox: SandboxInfo, name: str,
+                          template_dir: Path | None = None) -> Path:
+    """run.sbatch from the sandbox's profile (partials in `template_dir` first), shared."""
+    profile = load_profile(str(sandbox.profile_path))
+    search = template_search_path(profile)
+    if template_dir is not None:
+        search.insert(0, template_dir)
+    text = make_environment(search).get_template(MAIN_TEMPLATE).render(ctx=build_context(profile))
+    path = sandbox.shared_dir / "scripts" / f"bench-{name}.sbatch"
+    write_script(text, path)
     return path
 
 
@@ -300,11 +319,22 @@ def main() -> int:
     parser.add_argument("--load-seconds", type=float, default=2.0,
                         help="D: the stand-in's model load time (default 2)")
     parser.add_argument("--timeout", type=float, default=180, help="seconds to wait for ready")
+    parser.add_argument("--compare-template-dir", type=Path, metavar="DIR",
+                        help="also run a script whose partials come from DIR first (an admin "
+                             "override directory), alternating runs with the built-in one")
+    parser.add_argument("--warmup", type=int, default=0, metavar="N",
+                        help="N untimed runs at the largest node count first (loads the image "
+                             "on fresh nodes, so no timed run pays for it)")
+    parser.add_argument("--exclusive", action="store_true",
+                        help="salloc --exclusive: wait for nodes no other job uses")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
 
     sandbox = require_sandbox()
-    script = render_sandbox_script(sandbox)
+    scripts = {"built-in": render_sandbox_script(sandbox, "run-sandbox")}
+    if args.compare_template_dir:
+        scripts[f"override {args.compare_template_dir.name}"] = render_sandbox_script(
+            sandbox, "run-sandbox-compare", args.compare_template_dir)
     model = sandbox.shared_dir / "models" / "bench-tiny"
     model.mkdir(parents=True, exist_ok=True)
     (model / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}\n')
@@ -313,29 +343,42 @@ def main() -> int:
     skipped: list[str] = []
     failures: list[str] = []
     raw: list[dict[str, Any]] = []
+    fitting = [nodes for nodes in args.nodes if nodes <= len(sandbox.nodes)]
+    for _ in range(args.warmup if fitting else 0):
+        warm = run_once(sandbox, scripts["built-in"], max(fitting), args.load_seconds, model,
+                        args.timeout, args.exclusive)
+        print(f"  warm-up at {warm.nodes} nodes: job {warm.job_id}", file=sys.stderr)
     for nodes in args.nodes:
         if nodes > len(sandbox.nodes):
             skipped.append(f"{nodes} nodes: the sandbox has {len(sandbox.nodes)} "
                            f"({UP_HINT.format(nodes=nodes)})")
             continue
-        runs: list[Run] = []
-        while len(runs) < args.repeat:
-            try:
-                run = run_once(sandbox, script, nodes, args.load_seconds, model, args.timeout)
-            except RuntimeError as error:
-                failures.append(f"{nodes} nodes: {str(error).splitlines()[0]}")
-                print(f"  {nodes} nodes: a run failed: {error}", file=sys.stderr)
-                if len(failures) > MAX_FAILURES:
-                    raise SystemExit(f"benchmark: more than {MAX_FAILURES} failed runs") from None
-                continue
-            runs.append(run)
-            repetition = len(runs) - 1
-            raw.append({**asdict(run), "events": [asdict(e) for e in run.events],
-                        "phases_s": run.phases(args.load_seconds),
-                        "overhead_s": run.overhead(args.load_seconds)})
-            print(f"  {nodes} nodes, run {repetition + 1}/{args.repeat}: job {run.job_id}, "
-                  f"overhead {run.overhead(args.load_seconds):.3f} s", file=sys.stderr)
-        results.append(summarise(runs, args.load_seconds))
+        runs: dict[str, list[Run]] = {name: [] for name in scripts}
+        # Alternate the scripts so that a change in the machine's load hits both alike.
+        while min(len(done) for done in runs.values()) < args.repeat:
+            for name, script in scripts.items():
+                if len(runs[name]) >= args.repeat:
+                    continue
+                try:
+                    run = run_once(sandbox, script, nodes, args.load_seconds, model,
+                                   args.timeout, args.exclusive)
+                except RuntimeError as error:
+                    failures.append(f"{nodes} nodes, {name}: {str(error).splitlines()[0]}")
+                    print(f"  {nodes} nodes: a run failed: {error}", file=sys.stderr)
+                    if len(failures) > MAX_FAILURES:
+                        raise SystemExit(
+                            f"benchmark: more than {MAX_FAILURES} failed runs") from None
+                    continue
+                runs[name].append(run)
+                raw.append({**asdict(run), "script": name,
+                            "events": [asdict(e) for e in run.events],
+                            "phases_s": run.phases(args.load_seconds),
+                            "overhead_s": run.overhead(args.load_seconds)})
+                print(f"  {nodes} nodes, {name}, run {len(runs[name])}/{args.repeat}: "
+                      f"job {run.job_id}, overhead {run.overhead(args.load_seconds):.3f} s",
+                      file=sys.stderr)
+        for name, done in runs.items():
+            results.append({"script": name, **summarise(done, args.load_seconds)})
 
     if args.json:
         print(json.dumps({"machine": about, "load_seconds": args.load_seconds,
@@ -343,9 +386,12 @@ def main() -> int:
                           "skipped": skipped, "failures": failures, "runs": raw,
                           "phases": PHASE_HELP}, indent=2))
         return 0
-    header = ["nodes", "runs", "overhead med", "overhead max", *PHASES]
-    rows = [[r["nodes"], r["runs"], r["overhead_median_s"], r["overhead_max_s"],
-             *(r["phases_median_s"][name] for name in PHASES)] for r in results]
+    compare = len(scripts) > 1
+    header = ["nodes", *(["script"] if compare else []), "runs", "overhead med",
+              "overhead max", *PHASES]
+    rows = [[r["nodes"], *([r["script"]] if compare else []), r["runs"], r["overhead_median_s"],
+             r["overhead_max_s"], *(r["phases_median_s"][name] for name in PHASES)]
+            for r in results]
     print(f"time to ready on the sandbox, D = {args.load_seconds:g} s; seconds; "
           "overhead = ready - allocation start - D; phases are medians")
     print(table(header, rows))
