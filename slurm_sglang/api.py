@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from slurm_sglang.jobs import JobProgress, JobRecord, JobStatus
+from slurm_sglang.plan import Plan, PlanError, plan
 from slurm_sglang.profile import ClusterProfile, load_profile
 from slurm_sglang.spec import (
     Parallelism,
     ServeSpec,
+    SpecError,
     build_spec,
     check_parallelism,
     nodes_needed,
@@ -34,6 +36,7 @@ class CheckReport:
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     parser_verdicts: list[str] = field(default_factory=list)
+    plan: Plan | None = None
 
     @property
     def ok(self) -> bool:
@@ -56,17 +59,69 @@ def render_to(path: Path, cluster: str = "default", nodes: int | None = None) ->
     return path
 
 
+# What the data plane appends for every rank (templates/partials/node_rank.sh.j2); the head's
+# address is a placeholder, sglang only parses it here.
+def rank_argv(argv: Sequence[str], nnodes: int, node_rank: int, port: int) -> list[str]:
+    """The argv one rank of one server receives, as the data plane builds it."""
+    return [*argv, "--nnodes", str(nnodes), "--node-rank", str(node_rank),
+            "--dist-init-addr", "10.0.0.1:20000", "--host", "0.0.0.0", "--port", str(port)]
+
+
+def _server_argv(argv: Sequence[str], replicas: bool) -> list[str]:
+    """One server's sglang argv: replicas run with dp 1 (replicas.sh.j2's strip_dp_args)."""
+    if not replicas:
+        return list(argv)
+    kept: list[str] = []
+    skip = False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token in ("--dp", "--dp-size", "--data-parallel-size"):
+            skip = True
+        elif not token.startswith(("--dp=", "--dp-size=", "--data-parallel-size=")):
+            kept.append(token)
+    return kept
+
+
+def _parser_verdicts(argv: Sequence[str], nnodes: int, port: int) -> tuple[list[str], list[str]]:
+    """sglang's own parser on the head's and a worker's argv: (verdict lines, problems)."""
+    from slurm_sglang.sglang_parser import check_with_sglang
+
+    ranks = {"head (rank 0)": rank_argv(argv, nnodes, 0, port)}
+    if nnodes > 1:
+        ranks["worker (rank 1)"] = rank_argv(argv, nnodes, 1, port)
+    lines, problems = [], []
+    for verdict in check_with_sglang(ranks):
+        lines.append(f"sglang parser, {verdict.label}: {verdict.status}"
+                     + (f": {verdict.message}" if verdict.message else ""))
+        if verdict.status == "error":
+            problems.append(f"sglang's parser refuses the {verdict.label} argv: {verdict.message}")
+    return lines, problems
+
+
 def check(
     sglang_args: Sequence[str],
     cluster: str = "default",
     nodes: int | None = None,
+    *,
+    sglang_parser: bool = False,
     **settings: object,
 ) -> CheckReport:
-    """Validate a serve request against a profile without touching SLURM."""
-    from slurm_sglang.sglang_flags import LATEST_KNOWN, check_known_flags, rewrite_argv
+    """Validate a serve request against a profile without touching SLURM.
+
+    With sglang_parser, sglang's own parser also reads every rank's argv where it is installed."""
+    from slurm_sglang.sglang_flags import (
+        LATEST_KNOWN,
+        check_known_flags,
+        find_reserved_flags,
+        rewrite_argv,
+    )
 
     profile = load_profile(cluster)
     version = profile.sglang_version or LATEST_KNOWN
+    reserved = find_reserved_flags(sglang_args, version)
+    if reserved:
+        raise SpecError(reserved[0].message)
     rewritten = rewrite_argv(sglang_args, version)
     spec = build_spec(rewritten.argv, nodes=nodes, **settings)
     parallelism = spec.parallelism
@@ -82,13 +137,26 @@ def check(
             problems.append(flag_problem.message)
         else:
             notes.append(flag_problem.message)
-    if parallelism.replicas > 1 and chosen > 1 and not parallelism.dp_attention:
-        notes.append(
-            f"--dp {parallelism.dp} on {chosen} nodes: sglang refuses multi-node data-parallel "
-            "replicas; add --enable-dp-attention for attention DP"
+    placement: Plan | None = None
+    try:
+        placement = plan(parallelism, chosen, gpus_per_node, spec.port)
+    except PlanError as exc:
+        problems.append(str(exc))
+    if placement is not None and placement.router and profile.router.source == "none":
+        problems.append(
+            f"--dp {parallelism.dp} on {chosen} nodes runs {parallelism.dp} replicas behind "
+            "sglang-router, but the profile has router.source: none; add "
+            "--enable-dp-attention for one server"
         )
-        problems.append(notes[-1])
-    return CheckReport(spec, profile, chosen, parallelism, problems, notes)
+    verdicts: list[str] = []
+    if sglang_parser and not problems:
+        replicas = placement is not None and placement.router
+        server_nodes = len(placement.replicas[0].nodes) if placement and replicas else chosen
+        verdicts, parser_problems = _parser_verdicts(
+            _server_argv(spec.sglang_args, replicas), server_nodes, spec.port)
+        problems.extend(parser_problems)
+    return CheckReport(spec, profile, chosen, parallelism, problems, notes, verdicts,
+                       plan=placement)
 
 
 
@@ -139,8 +207,8 @@ def submit(
 
     if time:
         time_minutes(time)
-    report = check(sglang_args, cluster, nodes, port=port, health_timeout=health_timeout,
-                   image=image)
+    report = check(sglang_args, cluster, nodes, sglang_parser=True, port=port,
+                   health_timeout=health_timeout, image=image)
     if report.problems:
         raise UserInputError("; ".join(report.problems))
     profile = report.profile
@@ -150,7 +218,7 @@ def submit(
             raise UserInputError(f"--workspace: {workspace} is not a directory")
         image_file = image.endswith((".tar", ".tar.gz", ".tgz", ".tar.zst", ".sqsh", ".sif"))
         if image_file and not Path(image).is_file():
-            raise UserInputError(f"--image: {image} does not exist (make it: docker save IMG | gzip)")
+            raise UserInputError(f"--image: {image} does not exist (docker save IMG | gzip)")
     script_args: list[str] = ["--workspace", workspace, "--port", str(port),
                               "--health-timeout", str(health_timeout)]
     if image:

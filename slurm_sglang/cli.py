@@ -54,7 +54,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     """Run every rule on the sglang arguments; exit 2 on a problem."""
     from slurm_sglang import api
 
-    report = api.check(args.sglang_args, args.cluster, args.nodes)
+    report = api.check(args.sglang_args, args.cluster, args.nodes,
+                       sglang_parser=args.sglang_parser)
     par = report.parallelism
     summary = {
         "ok": report.ok,
@@ -65,6 +66,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         "sglang_args": list(report.spec.sglang_args),
         "problems": report.problems,
         "notes": report.notes,
+        "sglang_parser": report.parser_verdicts,
+        "plan": report.plan.to_dict() if report.plan else None,
     }
     lines = [
         f"nodes {report.nodes} x {report.profile.slurm.gpus_per_node} GPUs; "
@@ -73,6 +76,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         + f"; {par.total_gpus} GPUs in {par.replicas} server(s)",
         *(f"note: {note}" for note in report.notes if note not in report.problems),
         *(f"problem: {problem}" for problem in report.problems),
+        *report.parser_verdicts,
+        *([report.plan.table()] if report.plan else []),
         "ok" if report.ok else "not ok",
     ]
     _emit(args, summary, "\n".join(lines))
@@ -423,6 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
     _profile_cluster_option(check)
     check.add_argument("--nodes", type=_positive_int, help="nodes to check against")
     check.add_argument("--json", action="store_true", help="print one JSON object")
+    check.add_argument("--sglang-parser", action=argparse.BooleanOptionalAction, default=True,
+                       help="also run sglang's own parser on every rank's argv where installed "
+                            "(default: on)")
     check.add_argument("sglang_args", nargs=argparse.REMAINDER, help="-- then sglang's arguments")
     check.set_defaults(handler=cmd_check)
 
@@ -562,3 +570,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `slurm-sglang profiles schema | head`: the reader left; nothing more to say.
+        sys.stderr.close()
+        return 0
