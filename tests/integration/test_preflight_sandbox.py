@@ -39,8 +39,8 @@ ALLOCATION_SECONDS = 600
 
 
 @dataclass(frozen=True)
-class NoneRuntime:
-    """A profile for the `none` runtime on the sandbox, and its workspace and script."""
+class SandboxLaunch:
+    """A profile on the sandbox, the workspace its jobs run from, and its rendered script."""
 
     profile: Path
     workspace: Path
@@ -48,7 +48,7 @@ class NoneRuntime:
 
 
 @pytest.fixture(scope="module")
-def none_runtime(sandbox: SandboxInfo) -> NoneRuntime:
+def none_runtime(sandbox: SandboxInfo) -> SandboxLaunch:
     """preflight.nccl on, sglang from the stand-in on PYTHONPATH, this test's Python."""
     workspace = sandbox.shared_dir / "preflight-nccl"
     workspace.mkdir(parents=True, exist_ok=True)
@@ -67,7 +67,7 @@ def none_runtime(sandbox: SandboxInfo) -> NoneRuntime:
     )
     script = workspace / "run.sbatch"
     write_script(render_script(load_profile(str(profile))), script)
-    return NoneRuntime(profile, workspace, script)
+    return SandboxLaunch(profile, workspace, script)
 
 
 def check_env(**extra: str) -> dict[str, str]:
@@ -84,7 +84,7 @@ class Finished:
     log_dir: Path
 
 
-def salloc_run(runtime: NoneRuntime, salloc_args: list[str], command: list[str],
+def salloc_run(runtime: SandboxLaunch, salloc_args: list[str], command: list[str],
                env: dict[str, str], tmp_path: Path) -> Finished:
     """`salloc ARGS COMMAND` from the workspace, until it ends (scancel if it outlives 600 s)."""
     output = tmp_path / "salloc.out"
@@ -110,7 +110,7 @@ def node_logs(log_dir: Path, prefix: str) -> list[Path]:
 
 
 @pytest.mark.parametrize("nodes", [2, 4])
-def test_check_alone_across_nodes(sandbox: SandboxInfo, none_runtime: NoneRuntime,
+def test_check_alone_across_nodes(sandbox: SandboxInfo, none_runtime: SandboxLaunch,
                                   tmp_path: Path, nodes: int) -> None:
     """`slurm-sglang preflight --nccl` in an allocation: gloo over every node, a table, ok."""
     if len(sandbox.nodes) < nodes:
@@ -136,7 +136,7 @@ def test_check_alone_across_nodes(sandbox: SandboxInfo, none_runtime: NoneRuntim
     assert node_logs(done.log_dir, "rank-") == []
 
 
-def test_serving_starts_after_the_check(sandbox: SandboxInfo, none_runtime: NoneRuntime,
+def test_serving_starts_after_the_check(sandbox: SandboxInfo, none_runtime: SandboxLaunch,
                                        tmp_path: Path) -> None:
     """The profile's preflight.nccl: every node passes the check before any rank starts."""
     model = none_runtime.workspace / "tiny-model"
@@ -187,7 +187,7 @@ def head_port_blocked(node: str, head_address: str, ports: range) -> Iterator[No
 
 
 def test_a_node_that_cannot_reach_the_head_is_named(sandbox: SandboxInfo,
-                                                    none_runtime: NoneRuntime,
+                                                    none_runtime: SandboxLaunch,
                                                     tmp_path: Path) -> None:
     """The check fails within its join timeout, naming the node; no rank starts."""
     if len(sandbox.nodes) < 3:
@@ -215,3 +215,18 @@ def test_a_node_that_cannot_reach_the_head_is_named(sandbox: SandboxInfo,
     assert "no rank was started" in done.output
     assert node_logs(done.log_dir, "rank-") == []
     assert (done.log_dir / "state").read_text().strip() == "failed"
+
+
+def test_the_check_runs_in_the_serving_image(sandbox: SandboxInfo, tmp_path: Path) -> None:
+    """podman: the check runs inside the rank's image (the stand-in has no torch), and says so."""
+    done = salloc_run(
+        SandboxLaunch(sandbox.profile_path, sandbox.shared_dir, sandbox.shared_dir),
+        ["-N", "2"],
+        [sys.executable, "-m", "slurm_sglang", "preflight", "--nccl",
+         "--cluster", str(sandbox.profile_path)],
+        check_env(SLURM_SGLANG_CONTAINER_CLI="podman", SLURM_SGLANG_GPUS_MODE="env"), tmp_path)
+    assert done.code == 1, done.output
+    verdicts = re.findall(r"^  (\S+)\s+preflight: FAILED torch is not importable on (\S+) ",
+                          done.output, re.M)
+    assert len(verdicts) == 2 and all(node == named for node, named in verdicts), done.output
+    assert node_logs(done.log_dir, "rank-") == []
