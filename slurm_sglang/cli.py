@@ -351,6 +351,30 @@ def cmd_preflight(args: argparse.Namespace) -> int:
     return run_nccl_preflight(args.cluster, args.script_args)
 
 
+def cmd_smoke(args: argparse.Namespace) -> int:
+    """The seed's API checks against a URL or a job's endpoint; exit 1 when any fails."""
+    import os
+
+    from slurm_sglang.smoke import run_smoke
+
+    target = args.target
+    if target is None or not target.startswith(("http://", "https://")):
+        from slurm_sglang import api
+
+        view = api.job_view(find_record(target))
+        if view.status is not JobStatus.READY or not view.endpoint:
+            return _fail(f"job {view.record.job_id} is {view.status.value}, not ready; "
+                         "give a URL or wait for `endpoint` to answer")
+        if view.record.host:
+            return _fail(f"job {view.record.job_id} runs on {view.record.host}: open "
+                         f"`python -m slurm_sglang tunnel {view.record.job_id}` and smoke its URL")
+        target = str(view.endpoint["url"])
+    api_key = os.environ.get("SLURM_SGLANG_API_KEY") or None
+    report = run_smoke(target, model=args.model, api_key=api_key, timeout=args.timeout)
+    _emit(args, report.to_dict(), report.format_table())
+    return 0 if report.ok else 1
+
+
 def cmd_sandbox(args: argparse.Namespace) -> int:
     """Bring the local multi-node sandbox up or down, or show it."""
     from slurm_sglang.sandbox import cluster
@@ -477,6 +501,14 @@ def build_parser() -> argparse.ArgumentParser:
     tunnel.add_argument("--local-port", type=_port,
                         help="port on 127.0.0.1 (default: any free one)")
     tunnel.set_defaults(handler=cmd_tunnel)
+    smoke = verbs.add_parser("smoke", help="the seed's API checks against a server")
+    smoke.add_argument("target", nargs="?", metavar="URL|JOB",
+                       help="http://HOST:PORT, or a job id (default: the latest job)")
+    smoke.add_argument("--model", help="model name (default: the first of /v1/models)")
+    smoke.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
+    smoke.add_argument("--json", action="store_true", help="print one JSON object")
+    smoke.set_defaults(handler=cmd_smoke)
+
     listing = verbs.add_parser("list", help="recorded jobs, newest first")
     listing.add_argument("--json", action="store_true", help="print JSON")
     listing.set_defaults(handler=cmd_list)

@@ -60,6 +60,11 @@ def test_submit_follow_status_logs_cancel(sandbox: SandboxInfo, cli_env: dict[st
         endpoint = _cli("endpoint", job_id, env=cli_env)
         assert (endpoint.returncode, endpoint.stdout.strip()) == (0, url)
 
+        smoke = _cli("smoke", job_id, "--json", env=cli_env)
+        assert smoke.returncode == 0, smoke.stdout + smoke.stderr
+        checks = json.loads(smoke.stdout)["checks"]
+        assert len(checks) >= 10 and all(check["passed"] for check in checks)
+
         worker_log = _cli("logs", job_id, "--rank", "1", env=cli_env)
         assert worker_log.returncode == 0
         assert "Init parallel" in worker_log.stdout  # the stand-in worker's own log lines
