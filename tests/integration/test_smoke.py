@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from serving import salloc_serve
+from serving import salloc_serve, serve_env
 
 from slurm_sglang.profile import load_profile
 from slurm_sglang.render import render_script, write_script
@@ -23,9 +23,10 @@ def test_smoke_passes_on_a_two_node_job_and_needs_its_api_key(sandbox: SandboxIn
     model = sandbox.shared_dir / "models" / "smoke-tiny"
     model.mkdir(parents=True, exist_ok=True)
     (model / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
-    args = ["--model-path", str(model), "--tp", "2", "--served-model-name", "smoke-tiny",
-            "--api-key", API_KEY]
-    with salloc_serve(sandbox, script, 2, args, tmp_path) as run:
+    args = ["--model-path", str(model), "--tp", "2", "--served-model-name", "smoke-tiny"]
+    # The key reaches sglang from the environment, never on a command line ps would show.
+    env = serve_env(SLURM_SGLANG_API_KEY=API_KEY)
+    with salloc_serve(sandbox, script, 2, args, tmp_path, env=env) as run:
         report = run_smoke(run.url, api_key=API_KEY)
         refused = run_smoke(run.url)
     assert report.ok, report.format_table()
