@@ -8,7 +8,7 @@ set -Eeuo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 readonly REPO
 readonly APT_PACKAGES=(slurmctld slurmd slurm-client munge podman runc catatonit pigz shellcheck
-  openssh-server openssh-client debootstrap iproute2 curl util-linux procps)
+  openssh-server openssh-client debootstrap iproute2 iptables curl util-linux procps)
 
 err() {
   printf 'tests/run.sh: %s\n' "$*" >&2
