@@ -8,18 +8,21 @@ as the floor.
 `--importtime` adds, per command, the imports that cost most (python -X importtime,
 cumulative microseconds).
 
-Run: python benchmarks/cli_latency.py [--runs 20] [--warmup 3] [--importtime] [--json]
+Run: python benchmarks/cli_latency.py [--runs 20] [--warmup 3] [--importtime]
+     [--compare-pythonpath DIR] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from bench_common import REPO, describe, machine, table
@@ -39,14 +42,15 @@ COMMANDS: dict[str, list[str]] = {
 }
 
 
-def time_command(argv: list[str], runs: int, warmup: int) -> tuple[list[float], list[float]]:
+def time_command(argv: list[str], runs: int, warmup: int,
+                 env: dict[str, str] | None = None) -> tuple[list[float], list[float]]:
     """Wall and CPU (user + system) seconds of each timed run; a failure stops the benchmark."""
     wall, cpu = [], []
     for index in range(warmup + runs):
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
         result = subprocess.run(argv, cwd=REPO, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
+                                stderr=subprocess.PIPE, text=True, env=env)
         elapsed = time.perf_counter() - started
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         if result.returncode != 0:
@@ -94,15 +98,24 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=3, help="untimed runs first (3)")
     parser.add_argument("--importtime", action="store_true", help="list the costliest imports")
     parser.add_argument("--top", type=int, default=12, help="imports listed per command (12)")
+    parser.add_argument("--compare-pythonpath", metavar="DIR",
+                        help="also time each command with PYTHONPATH=DIR (a changed copy of "
+                             "the package), alternating with the installed one")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
 
+    variants: dict[str, dict[str, str] | None] = {"": None}
+    if args.compare_pythonpath:
+        variants = {" (installed)": None,
+                    f" ({Path(args.compare_pythonpath).name})":
+                        {**os.environ, "PYTHONPATH": args.compare_pythonpath}}
     results: dict[str, Any] = {}
     for name, command in COMMANDS.items():
         argv = [sys.executable, *command]
-        results[name] = summary(*time_command(argv, args.runs, args.warmup))
-        if args.importtime:
-            results[name]["imports_us"] = import_costs(argv, args.top)
+        for label, env in variants.items():
+            results[name + label] = summary(*time_command(argv, args.runs, args.warmup, env))
+            if args.importtime and env is None:
+                results[name + label]["imports_us"] = import_costs(argv, args.top)
     about = machine()
     if args.json:
         print(json.dumps({"machine": about, "runs": args.runs, "target_s": TARGET_S,
@@ -117,6 +130,8 @@ def main() -> int:
     print(table(["command", "mean ± sd", "min", "median", "max", "CPU median"], rows))
     if args.importtime:
         for name, result in results.items():
+            if "imports_us" not in result:
+                continue
             print(f"\n{name}: costliest imports (cumulative us)")
             for cumulative, module in result["imports_us"]:
                 print(f"  {cumulative:>9}  {module}")
