@@ -96,7 +96,8 @@ class _Client:
     """JSON over HTTP to one endpoint, with the API key on every request."""
 
     def __init__(self, url: str, api_key: str | None, timeout: float) -> None:
-        self.base = url.rstrip("/")
+        # An OpenAI base URL (http://host:port/v1) names the same server.
+        self.base = url.rstrip("/").removesuffix("/v1")
         self.timeout = timeout
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -363,7 +364,7 @@ def _models(client: _Client, model: str | None) -> tuple[SmokeCheck, str]:
 
 def run_smoke(url: str, model: str | None = None, api_key: str | None = None,
               timeout: float = DEFAULT_TIMEOUT_S) -> SmokeReport:
-    """Run every API check against ``url`` (http://HOST:PORT); ``timeout`` is per request."""
+    """Run every API check against ``url`` (http://HOST:PORT[/v1]); ``timeout`` is per request."""
     client = _Client(url, api_key, timeout)
     health = _timed("health", _Checks(client, model or "").health)
     models, chosen = _models(client, model)

@@ -87,6 +87,12 @@ def test_every_check_passes_against_the_standin(standin: str) -> None:
         f"smoke: ok, 11/11 checks passed against {standin} (model {MODEL})")
 
 
+def test_an_openai_base_url_names_the_same_server(standin: str) -> None:
+    report = run_smoke(standin + "/v1/", api_key="sesame")
+    assert report.url == standin
+    assert report.ok, report.format_table()
+
+
 def test_a_missing_api_key_fails_the_api_checks_but_not_health(standin: str) -> None:
     report = run_smoke(standin + "/")
     assert not report.ok
