@@ -14,7 +14,12 @@ from pathlib import Path
 import jinja2
 
 from slurm_sglang import __version__
-from slurm_sglang.profile import ClusterProfile, ContainerSettings, FabricSettings
+from slurm_sglang.profile import (
+    ClusterProfile,
+    ContainerSettings,
+    FabricSettings,
+    RouterSettings,
+)
 
 # Top-level templates/ of the source tree, beside the package.
 BUILTIN_TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
@@ -61,6 +66,7 @@ class RenderContext:
     preflight_nccl_source: str
     container: ContainerSettings
     fabric: FabricSettings
+    router: RouterSettings
 
 
 def sbatch_directives(profile: ClusterProfile, nodes: int | None = None) -> tuple[str, ...]:
@@ -112,6 +118,7 @@ def build_context(profile: ClusterProfile, nodes: int | None = None) -> RenderCo
         preflight_nccl_source=preflight_nccl_source(),
         container=profile.container,
         fabric=profile.fabric,
+        router=profile.router,
     )
 
 
