@@ -39,14 +39,14 @@ def replicas_script(sandbox: SandboxInfo) -> Path:
     scripts.mkdir(parents=True, exist_ok=True)
     profile_path = scripts / "replicas-profile.yaml"
     profile_path.write_text(yaml.safe_dump(profile))
-    path = scripts / "run-replicas.sbatch"
+    path: Path = scripts / "run-replicas.sbatch"
     write_script(render_script(load_profile(str(profile_path))), path)
     return path
 
 
 @pytest.fixture(scope="module")
 def model_dir(sandbox: SandboxInfo) -> Path:
-    path = sandbox.shared_dir / "models" / "replicas"
+    path: Path = sandbox.shared_dir / "models" / "replicas"
     path.mkdir(parents=True, exist_ok=True)
     (path / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
     return path
@@ -57,7 +57,8 @@ def _args(model_dir: Path, sizes: str, *extra: str) -> list[str]:
 
 
 def _endpoint(run: Serving) -> dict[str, Any]:
-    return json.loads((run.log_dir / "endpoint.json").read_text())
+    endpoint: dict[str, Any] = json.loads((run.log_dir / "endpoint.json").read_text())
+    return endpoint
 
 
 def _server_info(url: str) -> dict[str, Any]:
