@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -97,3 +98,33 @@ def test_script_inside_allocation_refuses(sandbox: SandboxInfo, script: Path,
     assert not canary.exists()
     assert _jobs() == before and _steps(job_id) == ""
     assert not (sandbox.shared_dir / "logs" / job_id).exists()
+
+
+SUBMIT_CASES: dict[str, tuple[list[str], str]] = {
+    "tp-not-a-number": (["--", "--model-path", "m", "--tp", f"$(touch {CANARY})"],
+                        "is not a whole number"),
+    "tp-not-dividing-nodes": (["--nodes", "2", "--", "--model-path", "m", "--tp", "3"],
+                              "must be divisible by the 2 nodes"),
+    "port-not-a-number": (["--port", "abc", "--", "--model-path", "m"], "--port: 'abc'"),
+    "env-bad-name": (["--env", "BAD NAME=x", "--", "--model-path", "m"], "is not a variable name"),
+    "time-not-slurm": (["--time", "soon", "--", "--model-path", "m"], "is not a SLURM time"),
+}
+
+
+@pytest.mark.parametrize("case", list(SUBMIT_CASES))
+def test_submit_refuses_without_submitting(sandbox: SandboxInfo, tmp_path: Path,
+                                           case: str) -> None:
+    args, expected = SUBMIT_CASES[case]
+    canary = tmp_path / "pwned"
+    filled = [arg.replace(CANARY, str(canary)) for arg in args]
+    name = f"bad-input-submit-{case}"
+    result = subprocess.run(
+        [sys.executable, "-m", "slurm_sglang", "submit", "--cluster", str(sandbox.profile_path),
+         "--no-wait", "--name", name, *filled], capture_output=True, text=True, timeout=60,
+        cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and expected in lines[0], result.stderr
+    assert not canary.exists()
+    listed = subprocess.run(["squeue", "-h", "-n", name], capture_output=True, text=True)
+    assert listed.stdout.strip() == ""
