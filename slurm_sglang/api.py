@@ -196,10 +196,12 @@ def submit(
     ssh: str = "",
     trust_new_host: bool = False,
     env: Mapping[str, str] | None = None,
+    api_key_file: str = "",
 ) -> JobRecord:
     """Validate, render and submit; records the job and returns its record. Raises on bad input.
 
-    env adds variables to the job's environment (over SSH never on a command line)."""
+    env adds variables to the job's environment (over SSH never on a command line);
+    api_key_file names a file on the cluster's shared storage holding the server's API key."""
     from slurm_sglang.errors import UserInputError
     from slurm_sglang.jobs import save_record
     from slurm_sglang.render import render_script
@@ -207,11 +209,12 @@ def submit(
 
     if time:
         time_minutes(time)
-    report = check(sglang_args, cluster, nodes, sglang_parser=True, port=port,
-                   health_timeout=health_timeout, image=image)
-    if report.problems:
-        raise UserInputError("; ".join(report.problems))
-    profile = report.profile
+    # The cheap checks first: sglang's own parser (seconds) runs once everything else passed.
+    quick = check(sglang_args, cluster, nodes, port=port, health_timeout=health_timeout,
+                  image=image)
+    if quick.problems:
+        raise UserInputError("; ".join(quick.problems))
+    profile = quick.profile
     workspace = workspace or profile.paths.workspace or str(Path.cwd())
     if not ssh:
         if not Path(workspace).is_dir():
@@ -219,10 +222,18 @@ def submit(
         image_file = image.endswith((".tar", ".tar.gz", ".tgz", ".tar.zst", ".sqsh", ".sif"))
         if image_file and not Path(image).is_file():
             raise UserInputError(f"--image: {image} does not exist (docker save IMG | gzip)")
+        if api_key_file and not Path(api_key_file).is_file():
+            raise UserInputError(f"--api-key-file: {api_key_file} does not exist")
+    report = check(sglang_args, cluster, nodes, sglang_parser=True, port=port,
+                   health_timeout=health_timeout, image=image)
+    if report.problems:
+        raise UserInputError("; ".join(report.problems))
     script_args: list[str] = ["--workspace", workspace, "--port", str(port),
                               "--health-timeout", str(health_timeout)]
     if image:
         script_args += ["--image", image]
+    if api_key_file:
+        script_args += ["--api-key-file", api_key_file]
     script_args += ["--", *report.spec.sglang_args]
     request = SubmitRequest(
         profile=profile, cluster=cluster, script_text=render_script(profile, report.nodes),

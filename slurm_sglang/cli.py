@@ -167,7 +167,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         args.sglang_args, args.cluster, args.nodes, time=args.time or "",
         partition=args.partition or "", name=args.name, image=args.image or "", port=args.port,
         health_timeout=args.health_timeout, workspace=args.workspace or "", ssh=args.ssh or "",
-        trust_new_host=args.trust_new_host, env=_job_env(args.env or []))
+        trust_new_host=args.trust_new_host, env=_job_env(args.env or []),
+        api_key_file=args.api_key_file or "")
     if not args.json:
         where = f" on {record.host}" if record.host else ""
         print(f"submitted job {record.job_id}{where}; logs in {record.log_dir}", file=sys.stderr)
@@ -469,6 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--health-timeout", type=_positive_int, default=1800,
                         help="seconds to wait for /health (default 1800)")
     submit.add_argument("--workspace", help="shared directory for scripts and logs")
+    submit.add_argument("--api-key-file", metavar="FILE",
+                        help="file on shared storage holding the server's API key")
     submit.add_argument("--wait", action=argparse.BooleanOptionalAction, default=True,
                         help="follow the job until it serves (default) or return at once")
     submit.add_argument("--timeout", type=float, help="stop following after this many seconds")

@@ -32,6 +32,11 @@ RESERVED_FLAGS: dict[str, str] = {
     "--dist-init-addr": "the head's address is found inside the allocation (use --dist-port)",
     "--host": "ranks listen on 0.0.0.0 so the head is reachable from other nodes",
 }
+# Secrets never travel on a command line, where ps and the logs would show them.
+SECRET_FLAGS: dict[str, str] = {
+    "--api-key": "--api-key on the command line shows in ps and in logs; put the key in a file "
+    "and pass --api-key-file FILE, or set SLURM_SGLANG_API_KEY",
+}
 MODEL_FLAGS = ("--model-path", "--model")
 
 
@@ -191,6 +196,8 @@ class ServeSpec(BaseModel):
             reason = RESERVED_FLAGS.get(_flag_name(token))
             if reason:
                 raise ValueError(f"{_flag_name(token)} is set by the launcher: {reason}")
+            if _flag_name(token) in SECRET_FLAGS:
+                raise ValueError(SECRET_FLAGS[_flag_name(token)])
         if find_option(argv, MODEL_FLAGS) is None:
             raise ValueError("--model-path is required (e.g. --model-path Qwen/Qwen2.5-7B)")
         parse_parallelism(argv)

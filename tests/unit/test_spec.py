@@ -79,6 +79,7 @@ def test_seed_examples_fit_two_nodes() -> None:
         (["--model-path", "m", "--dist-init-addr", "a:1"], "--dist-init-addr is set by"),
         (["--model-path", "m", "--host", "1.2.3.4"], "--host is set by the launcher"),
         (["--model-path", "m\nrm -rf /"], "contains a newline"),
+        (["--model-path", "m", "--api-key", "sk-1"], "--api-key on the command line shows in ps"),
     ],
 )
 def test_bad_specs(argv: list[str], message: str) -> None:
