@@ -174,6 +174,22 @@ class JobView:
     progress: JobProgress
     endpoint: dict[str, object] | None
 
+    @property
+    def phase(self) -> str:
+        """What the job is doing now: the events' phase while it runs, else its status."""
+        if self.status is JobStatus.PENDING:
+            return f"queued ({self.queue_state or 'PENDING'})"
+        if self.status.finished or self.status is JobStatus.UNKNOWN:
+            return str(self.status.value)
+        return self.progress.phase
+
+    @property
+    def replicas(self) -> list[dict[str, object]]:
+        """Each data-parallel replica's URL, nodes and state, from endpoint.json."""
+        listed = (self.endpoint or {}).get("replicas")
+        return [item for item in listed if isinstance(item, dict)] if isinstance(listed,
+                                                                                 list) else []
+
 
 def _open_transport(host: str, trust_new_host: bool = False) -> Transport:
     from slurm_sglang.transport import transport_for

@@ -86,12 +86,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def _print_phase(view: api.JobView, started: float, stream: TextIO, printed: list[str]) -> None:
     elapsed = time.monotonic() - started
-    if view.status is JobStatus.PENDING:
-        phase = f"queued ({view.queue_state or 'PENDING'})"
-    elif view.status.finished:
-        phase = view.status.value
-    else:
-        phase = view.progress.phase
+    phase = view.phase
     # The events can say "ready" a poll before the state file does: one line for both.
     if printed[-1:] == [phase]:
         return
@@ -128,8 +123,9 @@ def _view_dict(view: api.JobView) -> dict[str, object]:
         "host": view.record.host or "local",
         "status": view.status.value,
         "queue_state": view.queue_state,
-        "phase": view.progress.phase,
+        "phase": view.phase,
         "url": (view.endpoint or {}).get("url") or view.progress.ready_url or None,
+        "replicas": view.replicas,
         "endpoint": view.endpoint,
         "failures": view.progress.failures,
         "log_dir": view.record.log_dir,
@@ -201,9 +197,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     from slurm_sglang import api
 
     view = api.job_view(find_record(args.job))
-    text = f"job {view.record.job_id}: {view.status.value} ({view.progress.phase})"
+    text = f"job {view.record.job_id}: {view.status.value} ({view.phase})"
     if view.endpoint:
         text += f"\n  url: {view.endpoint.get('url')}"
+    for replica in view.replicas:
+        text += (f"\n  replica {replica.get('replica')}: {replica.get('state')} "
+                 f"{replica.get('url')} nodes {replica.get('nodes')}")
     text += "".join(f"\n  {failure}" for failure in view.progress.failures)
     _emit(args, _view_dict(view), text)
     return 0
