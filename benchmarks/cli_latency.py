@@ -9,7 +9,7 @@ as the floor.
 cumulative microseconds).
 
 Run: python benchmarks/cli_latency.py [--runs 20] [--warmup 3] [--importtime]
-     [--compare-pythonpath DIR] [--json]
+     [--compare-pythonpath DIR] [--skip-sglang-parser] [--json]
 """
 
 from __future__ import annotations
@@ -40,26 +40,35 @@ COMMANDS: dict[str, list[str]] = {
                                         "--no-sglang-parser", *CHECK_ARGS],
     "check (sglang parser where installed)": ["-m", "slurm_sglang", "check", *CHECK_ARGS],
 }
+PARSER_ROW = "check (sglang parser where installed)"
 
 
-def time_command(argv: list[str], runs: int, warmup: int,
-                 env: dict[str, str] | None = None) -> tuple[list[float], list[float]]:
-    """Wall and CPU (user + system) seconds of each timed run; a failure stops the benchmark."""
-    wall, cpu = [], []
+def run_timed(argv: list[str], env: dict[str, str] | None) -> tuple[float, float]:
+    """Wall and CPU (user + system) seconds of one run; a failure stops the benchmark."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    result = subprocess.run(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    elapsed = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if result.returncode != 0:
+        raise SystemExit(f"benchmark: {' '.join(argv)} exited {result.returncode}:\n"
+                         f"{result.stderr}")
+    return elapsed, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+
+
+def time_variants(argv: list[str], runs: int, warmup: int,
+                  variants: dict[str, dict[str, str] | None]
+                  ) -> dict[str, tuple[list[float], list[float]]]:
+    """Wall and CPU seconds per variant; runs alternate so a change of load hits all alike."""
+    samples: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in variants}
     for index in range(warmup + runs):
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        started = time.perf_counter()
-        result = subprocess.run(argv, cwd=REPO, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True, env=env)
-        elapsed = time.perf_counter() - started
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        if result.returncode != 0:
-            raise SystemExit(f"benchmark: {' '.join(argv)} exited {result.returncode}:\n"
-                             f"{result.stderr}")
-        if index >= warmup:
-            wall.append(elapsed)
-            cpu.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
-    return wall, cpu
+        for name, env in variants.items():
+            wall, cpu = run_timed(argv, env)
+            if index >= warmup:
+                samples[name][0].append(wall)
+                samples[name][1].append(cpu)
+    return samples
 
 
 def import_costs(argv: list[str], top: int) -> list[tuple[int, str]]:
@@ -100,7 +109,9 @@ def main() -> int:
     parser.add_argument("--top", type=int, default=12, help="imports listed per command (12)")
     parser.add_argument("--compare-pythonpath", metavar="DIR",
                         help="also time each command with PYTHONPATH=DIR (a changed copy of "
-                             "the package), alternating with the installed one")
+                             "the package), run for run alternating with the installed one")
+    parser.add_argument("--skip-sglang-parser", action="store_true",
+                        help=f"leave out the row '{PARSER_ROW}' (seconds per run)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
 
@@ -111,9 +122,12 @@ def main() -> int:
                         {**os.environ, "PYTHONPATH": args.compare_pythonpath}}
     results: dict[str, Any] = {}
     for name, command in COMMANDS.items():
+        if args.skip_sglang_parser and name == PARSER_ROW:
+            continue
         argv = [sys.executable, *command]
+        timed = time_variants(argv, args.runs, args.warmup, variants)
         for label, env in variants.items():
-            results[name + label] = summary(*time_command(argv, args.runs, args.warmup, env))
+            results[name + label] = summary(*timed[label])
             if args.importtime and env is None:
                 results[name + label]["imports_us"] = import_costs(argv, args.top)
     about = machine()
