@@ -10,18 +10,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from slurm_sglang.jobs import JobProgress, JobRecord, JobStatus
-from slurm_sglang.plan import Plan, PlanError, plan
 from slurm_sglang.profile import ClusterProfile, load_profile
-from slurm_sglang.spec import (
-    Parallelism,
-    ServeSpec,
-    SpecError,
-    build_spec,
-    check_parallelism,
-    nodes_needed,
-)
 
+# spec and plan build pydantic models at import: `render` needs neither, so they load on use.
 if TYPE_CHECKING:
+    from slurm_sglang.plan import Plan
+    from slurm_sglang.spec import Parallelism, ServeSpec
     from slurm_sglang.transport import Transport, Tunnel
 
 
@@ -110,12 +104,14 @@ def check(
     """Validate a serve request against a profile without touching SLURM.
 
     With sglang_parser, sglang's own parser also reads every rank's argv where it is installed."""
+    from slurm_sglang.plan import PlanError, plan
     from slurm_sglang.sglang_flags import (
         LATEST_KNOWN,
         check_known_flags,
         find_reserved_flags,
         rewrite_argv,
     )
+    from slurm_sglang.spec import SpecError, build_spec, check_parallelism, nodes_needed
 
     profile = load_profile(cluster)
     version = profile.sglang_version or LATEST_KNOWN

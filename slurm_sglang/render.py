@@ -6,6 +6,7 @@ through one filter, ``q`` (shlex.quote), so quoting happens exactly once.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 from dataclasses import dataclass
@@ -156,6 +157,12 @@ def make_environment(search_path: list[Path]) -> jinja2.Environment:
         comment_end_string="##}",
     )
     env.filters["q"] = lambda value: shlex.quote(str(value))
+    # Compiled templates are kept between runs, keyed by their source's checksum: compiling
+    # the whole script costs more than everything else `render` does.
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "slurm-sglang"
+    with contextlib.suppress(OSError):
+        (cache / "jinja").mkdir(parents=True, exist_ok=True)
+        env.bytecode_cache = jinja2.FileSystemBytecodeCache(str(cache / "jinja"))
     return env
 
 
