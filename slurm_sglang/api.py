@@ -325,7 +325,10 @@ def cancel(record: JobRecord, timeout: float = 60) -> JobView:
         cancel_job(transport, record.job_id)
         deadline = clock.monotonic() + timeout
         view = job_view(record, transport)
-        while view.queue_state is not None and clock.monotonic() < deadline:
+        # SLURM forgetting the job is not enough: every node that started a rank must also
+        # have said its rank ended, which its supervisor does after removing the containers.
+        while (view.queue_state is not None or view.progress.nodes_not_ended) and (
+                clock.monotonic() < deadline):
             clock.sleep(0.3)
             view = job_view(record, transport)
     return view

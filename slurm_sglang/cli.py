@@ -259,7 +259,15 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     if view.queue_state is not None:
         _emit(args, _view_dict(view), f"job {view.record.job_id} still {view.queue_state}")
         return 1
-    _emit(args, _view_dict(view), f"job {view.record.job_id} cancelled ({view.status.value})")
+    left = view.progress.nodes_not_ended
+    if left:
+        _emit(args, _view_dict(view),
+              f"job {view.record.job_id} cancelled, but {', '.join(left)} never reported its "
+              f"rank ended: look for containers labelled slurm-sglang.job={view.record.job_id}")
+        return 1
+    ended = len(view.progress.nodes_ended)
+    _emit(args, _view_dict(view), f"job {view.record.job_id} cancelled ({view.status.value}); "
+          f"{ended} node(s) confirmed their ranks ended and their containers are gone")
     return 0
 
 

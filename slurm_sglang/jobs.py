@@ -94,6 +94,14 @@ class JobProgress:
     ranks_loaded: int = 0
     ready_url: str = ""
     failures: list[str] = field(default_factory=list)
+    # Nodes that started a rank, and nodes whose supervisor said it ended (containers removed).
+    nodes_started: set[str] = field(default_factory=set)
+    nodes_ended: set[str] = field(default_factory=set)
+
+    @property
+    def nodes_not_ended(self) -> list[str]:
+        """Nodes that started a rank and have not reported its end."""
+        return sorted(self.nodes_started - self.nodes_ended)
     last_time: str = ""
 
     @property
@@ -127,6 +135,9 @@ def read_progress(events_text: str) -> JobProgress:
             progress.images_done += 1
         elif event.kind == "rank-started":
             progress.ranks_started += 1
+            progress.nodes_started.add(event.node)
+        elif event.kind == "replica-rank-started":
+            progress.nodes_started.add(event.node)
         elif event.kind == "loaded":
             progress.ranks_loaded += 1
         elif event.kind == "ready":
@@ -136,7 +147,9 @@ def read_progress(events_text: str) -> JobProgress:
             progress.failures.append(f"{event.node}: {check}: {event.detail}")
         elif event.kind == "health-timeout":
             progress.failures.append(f"{event.node}: /health not ready in time")
-        elif event.kind == "rank-exit" and "stopped" not in event.fields:
+        if event.kind == "rank-exit":
+            progress.nodes_ended.add(event.node)
+        if event.kind == "rank-exit" and "stopped" not in event.fields:
             progress.failures.append(
                 f"rank {event.rank} on {event.node} exited with code {event.fields.get('code')}")
     return progress

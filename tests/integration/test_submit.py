@@ -74,8 +74,9 @@ def test_submit_follow_status_logs_cancel(sandbox: SandboxInfo, cli_env: dict[st
         listing = json.loads(_cli("list", "--json", env=cli_env).stdout)
         assert [row["job_id"] for row in listing] == [job_id]
     finally:
-        cancelled = _cli("cancel", job_id, "--json", env=cli_env)
+        cancelled = _cli("cancel", job_id, env=cli_env)
     assert cancelled.returncode == 0, cancelled.stdout + cancelled.stderr
+    assert "2 node(s) confirmed their ranks ended" in cancelled.stdout
     assert job_id not in _queued_jobs()
     assert job_containers(sandbox, job_id) == {node: [] for node in sandbox.nodes}
     after = _cli("endpoint", job_id, env=cli_env)

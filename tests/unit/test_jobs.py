@@ -37,6 +37,12 @@ def _phases(text: str) -> list[str]:
     return [read_progress("\n".join(lines[:count])).phase for count in range(len(lines) + 1)]
 
 
+def test_nodes_that_did_not_report_their_end() -> None:
+    progress = read_progress(RECORDED + "18:16:00.000 rank-exit node=sbn1 rank=0 code=143 "
+                             "stopped=1\n")
+    assert progress.nodes_not_ended == ["sbn2"]
+
+
 def test_phases_from_recorded_lines() -> None:
     phases = _phases(RECORDED)
     assert phases[0] == "starting"
@@ -55,6 +61,8 @@ def test_failures_are_collected_with_their_detail() -> None:
         "18:15:04.100 rank-exit node=sbn1 rank=0 code=143 stopped=1\n"
         "18:15:04.200 preflight-failed node=sbn1 rank=0 check=model detail=/m is not readable\n")
     progress = read_progress(text)
+    assert progress.nodes_started == {"sbn1", "sbn2"}
+    assert progress.nodes_not_ended == []
     assert progress.failures == ["rank 1 on sbn2 exited with code 137",
                                  "sbn1: model: /m is not readable"]
 
