@@ -142,6 +142,21 @@ class ContainerSettings(_Strict):
         "[source /shared/venvs/sglang/bin/activate] or [module load cuda/12.4]."))
     python: str = Field(default="python3", description=(
         "The Python with sglang installed, found after the activate lines. none only."))
+    broadcast: Literal["none", "sbcast"] = Field(default="none", description=(
+        "sbcast: an image file is read once and sent to every node's broadcast_dir with "
+        "SLURM's tree fan-out, then loaded there; none: every node reads the shared copy."))
+    broadcast_dir: str = Field(default="/tmp", description=(
+        "Node-local directory for the broadcast copy (deleted once loaded)."))
+    broadcast_fanout: int = Field(default=0, ge=0, description=(
+        "sbcast --fanout; 0 keeps SLURM's default."))
+
+    @field_validator("broadcast_dir")
+    @classmethod
+    def _broadcast_dir(cls, value: str) -> str:
+        _no_newlines(value, "broadcast_dir")
+        if not value.startswith("/"):
+            raise ValueError(f"broadcast_dir {value!r} must be an absolute path on every node")
+        return value
 
     @field_validator("mounts")
     @classmethod
