@@ -274,7 +274,9 @@ def test_cancel_closes_the_tunnel_and_leaves_nothing(laptop: Laptop, sandbox: Sa
         assert process.stdout is not None and TUNNEL_LINE.match(process.stdout.readline().strip())
         cancelled = laptop.cli("cancel", remote_job.job_id)
         assert cancelled.returncode == 0, cancelled.stderr
-        assert cancelled.stdout.strip() == f"job {remote_job.job_id} cancelled (stopped)"
+        assert cancelled.stdout.strip() == (
+            f"job {remote_job.job_id} cancelled (stopped); 2 node(s) confirmed their ranks "
+            "ended and their containers are gone")
         # The open tunnel notices that its job stopped serving and ends by itself.
         assert process.wait(timeout=60) == 1
         assert process.stderr is not None
