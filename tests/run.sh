@@ -33,8 +33,25 @@ install_packages() {
   fi
 }
 
+# run_from_node_visible_copy ARGS...: the sandbox gives each node its own /tmp, as real nodes
+# have; a checkout under /tmp would be invisible to the jobs (submitit imports this package
+# there), so the tests run from a copy under /var/tmp instead.
+run_from_node_visible_copy() {
+  local copy=/var/tmp/slurm-sglang-checkout
+  case ${REPO} in
+    /tmp | /tmp/*)
+      err "the checkout is under /tmp, which the sandbox's nodes do not share: running from ${copy}"
+      rm -rf "${copy}"
+      mkdir -p "${copy}"
+      cp -a "${REPO}/." "${copy}/"
+      exec bash "${copy}/tests/run.sh" "$@"
+      ;;
+  esac
+}
+
 main() {
   [[ $(id -u) == 0 ]] || { err "run as root: the sandbox creates network namespaces and runs slurmd"; exit 2; }
+  run_from_node_visible_copy "$@"
   cd "${REPO}"
   local started=${SECONDS} code=0
   install_packages
