@@ -23,6 +23,8 @@ REQUIRED_COMMANDS: dict[str, str] = {
     "scontrol": "slurm-client",
     "sinfo": "slurm-client",
     "podman": "podman",
+    # `podman run --init` needs it; not on PATH, so named by its path.
+    "/usr/libexec/podman/catatonit": "catatonit",
     "runc": "runc",
     "pigz": "pigz",
     "debootstrap": "debootstrap",
