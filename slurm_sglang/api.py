@@ -14,6 +14,7 @@ from slurm_sglang.profile import ClusterProfile, load_profile
 
 # spec and plan build pydantic models at import: `render` needs neither, so they load on use.
 if TYPE_CHECKING:
+    from slurm_sglang.image import SavedImage
     from slurm_sglang.plan import Plan
     from slurm_sglang.spec import Parallelism, ServeSpec
     from slurm_sglang.transport import Transport, Tunnel
@@ -156,6 +157,27 @@ def check(
 
 
 
+# ---- the image tarball ------------------------------------------------------------------------
+
+
+def save_image(
+    reference: str,
+    output: Path,
+    cluster: str = "default",
+    *,
+    container_cli: str = "",
+    pull: bool = False,
+    force: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> SavedImage:
+    """Save an image as the tarball run.sbatch loads, with the profile's container CLI.
+
+    Pulls reference only when it is missing here (always with pull); see docs/image.md."""
+    from slurm_sglang.image import save_image as save
+
+    return save(reference, output, load_profile(cluster), container_cli=container_cli,
+                pull=pull, force=force, progress=progress)
+
 
 # ---- the job's life: submit, follow, status, logs, endpoint, cancel ---------------------------
 
@@ -233,7 +255,8 @@ def submit(
             raise UserInputError(f"--workspace: {workspace} is not a directory")
         image_file = image.endswith((".tar", ".tar.gz", ".tgz", ".tar.zst", ".sqsh", ".sif"))
         if image_file and not Path(image).is_file():
-            raise UserInputError(f"--image: {image} does not exist (docker save IMG | gzip)")
+            raise UserInputError(f"--image: {image} does not exist (make it with: python -m "
+                                 f"slurm_sglang image save REF -o {image})")
         if api_key_file and not Path(api_key_file).is_file():
             raise UserInputError(f"--api-key-file: {api_key_file} does not exist")
     report = check(sglang_args, cluster, nodes, sglang_parser=True, port=port,

@@ -383,6 +383,26 @@ def cmd_smoke(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_image_save(args: argparse.Namespace) -> int:
+    """Save an image as the tarball run.sbatch loads; prints its path, size and image ID."""
+    from slurm_sglang import api
+    from slurm_sglang.image import human_size
+
+    saved = api.save_image(
+        args.reference, Path(args.output), args.cluster, container_cli=args.container_cli or "",
+        pull=args.pull, force=args.force,
+        progress=None if args.json else lambda line: print(line, file=sys.stderr, flush=True))
+    _emit(args, saved.to_dict(), "\n".join([
+        f"wrote {saved.path}",
+        f"  size:     {human_size(saved.size_bytes)} ({saved.size_bytes} bytes)",
+        f"  image ID: {saved.image_id}",
+        f"  from:     {saved.reference} ({saved.container_cli} save | {saved.compressor}"
+        f"{', pulled' if saved.pulled else ''}, {saved.seconds:.1f} s)",
+        f"  use it:   bash sbatch/run.sbatch --image {saved.path} ...",
+    ]))
+    return 0
+
+
 def cmd_sandbox(args: argparse.Namespace) -> int:
     """Bring the local multi-node sandbox up or down, or show it."""
     from slurm_sglang.sandbox import cluster
@@ -554,6 +574,25 @@ def build_parser() -> argparse.ArgumentParser:
                            help="-- then run.sbatch options (--image, --workspace, ...)")
     preflight.set_defaults(handler=cmd_preflight)
 
+    image = verbs.add_parser("image", help="the image tarball run.sbatch loads on every node")
+    image_verbs = image.add_subparsers(dest="image_verb", required=True, parser_class=_Parser)
+    image_save = image_verbs.add_parser(
+        "save", help="docker|podman save an image (pulled if missing), compressed, atomically")
+    image_save.add_argument("reference", metavar="REF",
+                            help="image reference, e.g. lmsysorg/sglang:latest")
+    image_save.add_argument("-o", "--output", default="sglang-serve-latest.tar.gz",
+                            metavar="FILE", help=".tar.gz (pigz, else gzip), .tar.zst or .tar "
+                            "(default: sglang-serve-latest.tar.gz, run.sbatch's default)")
+    _profile_cluster_option(image_save)
+    image_save.add_argument("--container-cli", metavar="CLI",
+                            help="docker or podman (default: the profile's container runtime)")
+    image_save.add_argument("--pull", action="store_true",
+                            help="pull REF even when it is present here")
+    image_save.add_argument("-f", "--force", action="store_true",
+                            help="replace FILE when it exists")
+    image_save.add_argument("--json", action="store_true", help="print one JSON object")
+    image_save.set_defaults(handler=cmd_image_save)
+
     sandbox = verbs.add_parser("sandbox", help="a local multi-node SLURM cluster (root)")
     sandbox.add_argument("sandbox_verb", choices=["up", "down", "status", "demo"])
     sandbox.add_argument("--nodes", type=_positive_int, default=4, help="nodes for up (default 4)")
@@ -581,6 +620,7 @@ _REPORTED_ERRORS = (
     ("slurm_sglang.transport.base", "TransportError"),
     ("slurm_sglang.sandbox.host", "SandboxError"),
     ("slurm_sglang.render", "RenderError"),
+    ("slurm_sglang.image", "ImageError"),
 )
 
 
