@@ -396,7 +396,8 @@ def cmd_image_save(args: argparse.Namespace) -> int:
         f"wrote {saved.path}",
         f"  size:     {human_size(saved.size_bytes)} ({saved.size_bytes} bytes)",
         f"  image ID: {saved.image_id}",
-        f"  from:     {saved.reference} ({saved.container_cli} save | {saved.compressor}"
+        f"  from:     {saved.reference} ({saved.container_cli} save"
+        f"{'' if saved.compressor == 'none' else ' | ' + saved.compressor}"
         f"{', pulled' if saved.pulled else ''}, {saved.seconds:.1f} s)",
         f"  use it:   bash sbatch/run.sbatch --image {saved.path} ...",
     ]))
