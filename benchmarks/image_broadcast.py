@@ -46,7 +46,7 @@ from bench_common import (
     wait_job_gone,
 )
 
-from slurm_sglang.render import BUILTIN_TEMPLATE_DIR, make_environment, write_script
+from slurm_sglang.render import builtin_template_dir, make_environment, write_script
 from slurm_sglang.sandbox.layout import SandboxInfo
 
 CACHE_DIR = Path.home() / ".cache" / "slurm-sglang"
@@ -118,7 +118,7 @@ def drop_from_page_cache(path: Path) -> None:
 
 def render_job(sandbox: SandboxInfo) -> Path:
     """The per-run job script, rendered with the broadcast partial, into the shared directory."""
-    env = make_environment([BUILTIN_TEMPLATE_DIR, REPO / "benchmarks" / "templates"])
+    env = make_environment([builtin_template_dir(), REPO / "benchmarks" / "templates"])
     path = sandbox.shared_dir / "scripts" / "bench-image-broadcast.sh"
     write_script(env.get_template(JOB_TEMPLATE).render(broadcast_dir="/tmp"), path)
     return path

@@ -7,9 +7,11 @@ through one filter, ``q`` (shlex.quote), so quoting happens exactly once.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shlex
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import jinja2
@@ -22,8 +24,8 @@ from slurm_sglang.profile import (
     RouterSettings,
 )
 
-# Top-level templates/ of the source tree, beside the package.
-BUILTIN_TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
+# The repo's top-level templates/, which pyproject.toml installs under this package name.
+BUILTIN_TEMPLATE_PACKAGE = "slurm_sglang.templates"
 TEMPLATE_DIR_ENV = "SLURM_SGLANG_TEMPLATE_DIR"
 MAIN_TEMPLATE = "run.sbatch.j2"
 # The NCCL check the rendered script carries in a quoted here-document, ended by this line.
@@ -131,6 +133,27 @@ def preflight_nccl_source() -> str:
     return text if text.endswith("\n") else text + "\n"
 
 
+@functools.cache
+def builtin_template_dir() -> Path:
+    """The built-in templates' directory, found through the import system.
+
+    A wheel holds them in slurm_sglang/templates/; an editable install's finder maps that
+    package name to the checkout's templates/. Asking the import system serves both alike.
+    """
+    try:
+        folder = resources.files(BUILTIN_TEMPLATE_PACKAGE)
+    except ModuleNotFoundError as exc:
+        # An editable install made before templates/ became a package, or a bare PYTHONPATH.
+        raise RenderError(
+            f"the built-in templates ({BUILTIN_TEMPLATE_PACKAGE}) are not installed: "
+            "run `pip install -e .` in the checkout, or install the wheel"
+        ) from exc
+    # Jinja's FileSystemLoader reads real files; a package inside a zip archive has none.
+    if not isinstance(folder, Path):
+        raise RenderError(f"{BUILTIN_TEMPLATE_PACKAGE} is not a directory on disk: {folder}")
+    return folder
+
+
 def template_search_path(profile: ClusterProfile) -> list[Path]:
     """Admin override directories first (profile, then environment), built-ins last."""
     paths: list[Path] = []
@@ -139,7 +162,7 @@ def template_search_path(profile: ClusterProfile) -> list[Path]:
     env_dir = os.environ.get(TEMPLATE_DIR_ENV, "")
     if env_dir:
         paths.extend(Path(part).expanduser() for part in env_dir.split(os.pathsep) if part)
-    paths.append(BUILTIN_TEMPLATE_DIR)
+    paths.append(builtin_template_dir())
     return paths
 
 

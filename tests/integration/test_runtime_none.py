@@ -23,7 +23,7 @@ from openai import OpenAI
 from serving import job_containers, salloc_serve, serve_env
 
 from slurm_sglang.profile import load_profile
-from slurm_sglang.render import BUILTIN_TEMPLATE_DIR, render_script, write_script
+from slurm_sglang.render import builtin_template_dir, render_script, write_script
 from slurm_sglang.sandbox.layout import SandboxInfo
 
 pytestmark = pytest.mark.cluster
@@ -177,7 +177,7 @@ def test_override_partial_reaches_the_ranks(sandbox: SandboxInfo, workspace: Pat
                                             tmp_path: Path) -> None:
     templates = workspace / "site-templates"
     (templates / "partials").mkdir(parents=True)
-    builtin = (BUILTIN_TEMPLATE_DIR / "partials" / "fabric_tcp.sh.j2").read_text()
+    builtin = (builtin_template_dir() / "partials" / "fabric_tcp.sh.j2").read_text()
     anchor = "  export NCCL_IB_DISABLE=1\n"
     assert builtin.count(anchor) == 1
     mark = f"site-{uuid.uuid4().hex[:8]}"
