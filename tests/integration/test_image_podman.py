@@ -69,6 +69,12 @@ def test_saved_tarball_loads_back_as_the_same_image(local_image: str, tmp_path: 
     assert saved["pulled"] is False
     assert saved["size_bytes"] == output.stat().st_size > 0
     assert [path.name for path in tmp_path.iterdir() if path.name.endswith(".part")] == []
+    # What run.sbatch reads before any node loads it: the name to run and the ID to expect.
+    manifest = json.loads(subprocess.run(
+        f"{DECOMPRESS[suffix]} {output} | tar -xOf - manifest.json", shell=True, check=True,
+        capture_output=True, text=True).stdout)
+    assert manifest[0]["RepoTags"] == [local_image]
+    assert original_id.removeprefix("sha256:") in manifest[0]["Config"]
 
     # Gone from podman, then back from the tarball alone: the file holds the whole image.
     _podman("rmi", local_image)
