@@ -1,8 +1,10 @@
 """The multi-node group: a real TCP rendezvous at --dist-init-addr, like torch's TCPStore.
 
 Node rank 0 listens and admits every other rank; the others connect and stay connected.
-Both sides send heartbeats, so a rank that dies or hangs breaks the group within seconds,
-and every rank then exits non-zero, as a real NCCL/Gloo group would fail.
+Both sides send heartbeats. As in sglang 0.5.23, only the head's end is felt: workers exit
+when rank 0 goes ("Connection closed by peer"), while a worker's death goes unnoticed by the
+head and the other workers, which keep running (the head blocks at its next collective). The
+launcher has to stop the survivors itself.
 """
 
 from __future__ import annotations
@@ -154,6 +156,8 @@ class HeadGroup:
         self._members: dict[int, tuple[Connection, Message]] = {}
         self._loaded: set[int] = set()
         self._stopping = False
+        self._gone: set[int] = set()
+        self.peer_gone = threading.Event()
 
     def form(self, timeout: float) -> list[Message]:
         """Wait until all --nnodes ranks joined; return every rank's description, rank order."""
@@ -260,7 +264,7 @@ class HeadGroup:
         while True:
             message = connection.receive()
             if message is None:
-                self._lost(rank, "Connection closed by peer")
+                self._lost(rank)
                 return
             if message.get("type") == "loaded":
                 with self._condition:
@@ -277,20 +281,33 @@ class HeadGroup:
             with self._condition:
                 members = list(self._members.items())
             for rank, (connection, _) in members:
+                if rank in self._gone:
+                    continue
                 silent = time.monotonic() - connection.last_seen
-                if not connection.send({"type": "heartbeat"}):
-                    self._lost(rank, "Connection closed by peer")
-                elif silent > timeout:
-                    self._lost(rank, f"no heartbeat for {silent:.1f} s (peer hung or unreachable)")
+                if not connection.send({"type": "heartbeat"}) or silent > timeout:
+                    self._lost(rank)
 
-    def _lost(self, rank: int, reason: str) -> None:
-        """Break the group because `rank` left, unless ranks leave on a ShutdownReq."""
+    def _lost(self, rank: int) -> None:
+        """Note that `rank` left, and carry on: sglang's head is not told a peer died.
+
+        It learns nothing until its next collective, which then blocks in NCCL (see
+        HeadGroup.block_on_collective); during start-up it waits at the loading barrier.
+        """
         with self._condition:
-            stopping = self._stopping
-            hostname = self._members[rank][1].get("hostname") if rank in self._members else "?"
-        if stopping:
+            if self._stopping or rank in self._gone:
+                return
+            self._gone.add(rank)
+        self.peer_gone.set()
+
+    def block_on_collective(self, watchdog_seconds: float) -> None:
+        """A forward batch after a peer died: block until sglang's watchdog ends the head."""
+        if not self.peer_gone.is_set():
             return
-        self._break(f"RuntimeError: node rank {rank} ({hostname}) left the group: {reason}")
+        time.sleep(watchdog_seconds)
+        fatal(
+            "Watchdog caught collective operation timeout: a forward batch took longer than "
+            f"--watchdog-timeout {watchdog_seconds:g} s (a tensor-parallel peer is gone)"
+        )
 
     def _break(self, reason: str) -> NoReturn:
         self._broadcast({"type": "abort", "error": reason})

@@ -167,6 +167,7 @@ class HeadHandler(_Handler):
                 raise RequestError("the request body must be a JSON object")
             self.service.count_running(+1)
             try:
+                self.service.before_forward()
                 endpoint(request)
             finally:
                 self.service.count_running(-1)

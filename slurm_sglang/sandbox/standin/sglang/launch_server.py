@@ -1,7 +1,8 @@
 """`python3 -m sglang.launch_server`: the stand-in's entry point, one process per node.
 
 Node rank 0 forms the group, loads, binds --host:--port, warms up and serves the API;
-other ranks join it, load, and serve only the dummy health check, ignoring SIGTERM.
+other ranks join it, load, and serve only the dummy health check, ignoring SIGTERM. After a
+worker dies the head keeps running, blocks at its next forward batch, and ignores SIGTERM.
 """
 
 from __future__ import annotations
@@ -78,6 +79,11 @@ def run_head(args: argparse.Namespace, argv: list[str], settings: StandinSetting
     group: HeadGroup | None = None
 
     def shut_down(signum: int, frame: FrameType | None) -> None:
+        if group is not None and group.peer_gone.is_set() and signum == signal.SIGTERM:
+            # Its ShutdownReq would need the dead peer: sglang's head waits, and the
+            # launcher has to kill it.
+            log("SIGTERM received; gracefully exiting once the running batch finishes")
+            return
         log(f"Received {signal.Signals(signum).name}; sending ShutdownReq to every rank.")
         if group is not None:
             group.shutdown()
@@ -101,6 +107,9 @@ def run_head(args: argparse.Namespace, argv: list[str], settings: StandinSetting
     if group is not None:
         group.wait_loaded()
     service = HeadService(args, ranks, settings.token_seconds)
+    if group is not None:
+        head_group = group
+        service.before_forward = lambda: head_group.block_on_collective(args.watchdog_timeout)
     handler = type("BoundHeadHandler", (HeadHandler,), {"service": service})
     _serve_in_background(bind_http(args.host, args.port, handler, str(me["hostname"])))
     if not args.skip_server_warmup:

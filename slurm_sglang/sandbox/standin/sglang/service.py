@@ -6,6 +6,7 @@ import argparse
 import hmac
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from . import __version__
@@ -30,6 +31,8 @@ class HeadService:
         self.created = int(time.time())
         self._running_lock = threading.Lock()
         self._running = 0
+        # Runs before every forward batch; the group makes it block once a peer is gone.
+        self.before_forward: Callable[[], None] = lambda: None
 
     def count_running(self, change: int) -> None:
         """Add `change` (+1 at start, -1 at end) to the number of requests in flight."""
