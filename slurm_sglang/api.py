@@ -15,7 +15,7 @@ from slurm_sglang.profile import ClusterProfile, load_profile
 # spec and plan build pydantic models at import: `render` needs neither, so they load on use.
 if TYPE_CHECKING:
     from slurm_sglang.image import SavedImage
-    from slurm_sglang.plan import Plan
+    from slurm_sglang.launch_plan import Plan
     from slurm_sglang.spec import Parallelism, ServeSpec
     from slurm_sglang.transport import Transport, Tunnel
 
@@ -27,6 +27,7 @@ class CheckReport:
     spec: ServeSpec
     profile: ClusterProfile
     nodes: int
+    gpus_per_node: int
     parallelism: Parallelism
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -54,37 +55,15 @@ def render_to(path: Path, cluster: str = "default", nodes: int | None = None) ->
     return path
 
 
-# What the data plane appends for every rank (templates/partials/node_rank.sh.j2); the head's
-# address is a placeholder, sglang only parses it here.
-def rank_argv(argv: Sequence[str], nnodes: int, node_rank: int, port: int) -> list[str]:
-    """The argv one rank of one server receives, as the data plane builds it."""
-    return [*argv, "--nnodes", str(nnodes), "--node-rank", str(node_rank),
-            "--dist-init-addr", "10.0.0.1:20000", "--host", "0.0.0.0", "--port", str(port)]
-
-
-def _server_argv(argv: Sequence[str], replicas: bool) -> list[str]:
-    """One server's sglang argv: replicas run with dp 1 (replicas.sh.j2's strip_dp_args)."""
-    if not replicas:
-        return list(argv)
-    kept: list[str] = []
-    skip = False
-    for token in argv:
-        if skip:
-            skip = False
-        elif token in ("--dp", "--dp-size", "--data-parallel-size"):
-            skip = True
-        elif not token.startswith(("--dp=", "--dp-size=", "--data-parallel-size=")):
-            kept.append(token)
-    return kept
-
-
 def _parser_verdicts(argv: Sequence[str], nnodes: int, port: int) -> tuple[list[str], list[str]]:
     """sglang's own parser on the head's and a worker's argv: (verdict lines, problems)."""
+    from slurm_sglang.launch_plan import rank_argv
     from slurm_sglang.sglang_parser import check_with_sglang
 
-    ranks = {"head (rank 0)": rank_argv(argv, nnodes, 0, port)}
+    # The head's address is a placeholder: sglang only parses it here.
+    ranks = {"head (rank 0)": list(rank_argv(argv, nnodes, 0, "10.0.0.1", 20000, port))}
     if nnodes > 1:
-        ranks["worker (rank 1)"] = rank_argv(argv, nnodes, 1, port)
+        ranks["worker (rank 1)"] = list(rank_argv(argv, nnodes, 1, "10.0.0.1", 20000, port))
     lines, problems = [], []
     for verdict in check_with_sglang(ranks):
         lines.append(f"sglang parser, {verdict.label}: {verdict.status}"
@@ -99,30 +78,30 @@ def check(
     cluster: str = "default",
     nodes: int | None = None,
     *,
+    gpus_per_node: int | None = None,
     sglang_parser: bool = False,
     **settings: object,
 ) -> CheckReport:
     """Validate a serve request against a profile without touching SLURM.
 
     With sglang_parser, sglang's own parser also reads every rank's argv where it is installed."""
-    from slurm_sglang.plan import PlanError, plan
-    from slurm_sglang.sglang_flags import (
+    from slurm_sglang.launch_plan import (
         LATEST_KNOWN,
-        check_known_flags,
-        find_reserved_flags,
+        LaunchRequest,
+        PlanError,
+        launch,
         rewrite_argv,
     )
-    from slurm_sglang.spec import SpecError, build_spec, check_parallelism, nodes_needed
+    from slurm_sglang.sglang_flags import check_known_flags
+    from slurm_sglang.spec import build_spec, check_parallelism, nodes_needed
 
     profile = load_profile(cluster)
     version = profile.sglang_version or LATEST_KNOWN
-    reserved = find_reserved_flags(sglang_args, version)
-    if reserved:
-        raise SpecError(reserved[0].message)
     rewritten = rewrite_argv(sglang_args, version)
     spec = build_spec(rewritten.argv, nodes=nodes, **settings)
     parallelism = spec.parallelism
-    gpus_per_node = profile.slurm.gpus_per_node
+    if gpus_per_node is None:
+        gpus_per_node = profile.slurm.gpus_per_node
     implied = nodes_needed(parallelism, gpus_per_node)
     chosen = nodes or implied
     problems = check_parallelism(parallelism, chosen, gpus_per_node)
@@ -135,24 +114,22 @@ def check(
         else:
             notes.append(flag_problem.message)
     placement: Plan | None = None
-    try:
-        placement = plan(parallelism, chosen, gpus_per_node, spec.port)
-    except PlanError as exc:
-        problems.append(str(exc))
-    if placement is not None and placement.router and profile.router.source == "none":
-        problems.append(
-            f"--dp {parallelism.dp} on {chosen} nodes runs {parallelism.dp} replicas behind "
-            "sglang-router, but the profile has router.source: none; add "
-            "--enable-dp-attention for one server"
-        )
+    server_argv: tuple[str, ...] = spec.sglang_args
+    if not problems:
+        request = LaunchRequest(spec.sglang_args, chosen, gpus_per_node, spec.port, version,
+                                profile.router.source, profile.router.venv,
+                                profile.container.runtime)
+        try:
+            launched = launch(request)
+            placement, server_argv = launched.plan, launched.server_argv
+        except PlanError as exc:
+            problems.append(str(exc))
     verdicts: list[str] = []
-    if sglang_parser and not problems:
-        replicas = placement is not None and placement.router
-        server_nodes = len(placement.replicas[0].nodes) if placement and replicas else chosen
+    if sglang_parser and not problems and placement is not None:
         verdicts, parser_problems = _parser_verdicts(
-            _server_argv(spec.sglang_args, replicas), server_nodes, spec.port)
+            server_argv, len(placement.replicas[0].nodes), spec.port)
         problems.extend(parser_problems)
-    return CheckReport(spec, profile, chosen, parallelism, problems, notes, verdicts,
+    return CheckReport(spec, profile, chosen, gpus_per_node, parallelism, problems, notes, verdicts,
                        plan=placement)
 
 

@@ -55,12 +55,12 @@ def cmd_check(args: argparse.Namespace) -> int:
     from slurm_sglang import api
 
     report = api.check(args.sglang_args, args.cluster, args.nodes,
-                       sglang_parser=args.sglang_parser)
+                       gpus_per_node=args.gpus_per_node, sglang_parser=args.sglang_parser)
     par = report.parallelism
     summary = {
         "ok": report.ok,
         "nodes": report.nodes,
-        "gpus_per_node": report.profile.slurm.gpus_per_node,
+        "gpus_per_node": report.gpus_per_node,
         "parallelism": {"tp": par.tp, "pp": par.pp, "dp": par.dp, "ep": par.ep,
                         "attention_dp": par.dp_attention, "replicas": par.replicas},
         "sglang_args": list(report.spec.sglang_args),
@@ -70,7 +70,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         "plan": report.plan.to_dict() if report.plan else None,
     }
     lines = [
-        f"nodes {report.nodes} x {report.profile.slurm.gpus_per_node} GPUs; "
+        f"nodes {report.nodes} x {report.gpus_per_node} GPUs; "
         f"tp {par.tp} pp {par.pp} dp {par.dp} ep {par.ep}"
         + (" (attention DP)" if par.dp_attention else "")
         + f"; {par.total_gpus} GPUs in {par.replicas} server(s)",
@@ -480,6 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = verbs.add_parser("check", help="check sglang arguments against a profile")
     _profile_cluster_option(check)
     check.add_argument("--nodes", type=_positive_int, help="nodes to check against")
+    check.add_argument("--gpus-per-node", type=_positive_int,
+                       help="GPUs a node has (default: the profile's slurm.gpus_per_node)")
     check.add_argument("--json", action="store_true", help="print one JSON object")
     check.add_argument("--sglang-parser", action=argparse.BooleanOptionalAction, default=True,
                        help="also run sglang's own parser on every rank's argv where installed "

@@ -1,5 +1,9 @@
-"""The one error family the CLI turns into a one-line message and exit code 2."""
+"""The one error family the CLI turns into a one-line message and exit code 2.
 
+Defined in launch_plan, which the script also runs outside the package, so its rules raise the
+same class everywhere.
+"""
 
-class UserInputError(ValueError):
-    """Input a user can fix: the message names the field and the fix."""
+from slurm_sglang.launch_plan import UserInputError
+
+__all__ = ["UserInputError"]

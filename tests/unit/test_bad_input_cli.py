@@ -125,7 +125,7 @@ CLI_CASES: dict[str, tuple[list[str], str]] = {
     "check-tp-not-a-number": (["check", "--nodes", "2", "--", "--model-path", "m", "--tp", "x"],
                               "--tp: 'x' is not a whole number"),
     "check-tp-not-dividing-nodes": (["check", "--nodes", "2", "--", "--model-path", "m",
-                                     "--tp", "3"], "must be divisible by the 2 nodes"),
+                                     "--tp", "3"], "is not divisible by the 2 nodes"),
     "check-no-model": (["check", "--nodes", "2", "--", "--tp", "2"], "--model-path is required"),
     "check-nodes-not-a-number": (["check", "--nodes", "two", "--", "--model-path", "m"],
                                  "'two' is not a whole number"),

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from slurm_sglang.plan import Plan, PlanError, plan, uses_replicas
+from slurm_sglang.launch_plan import Plan, PlanError, parse_parallelism, plan, uses_replicas
 from slurm_sglang.profile import load_profile
 from slurm_sglang.render import render_script
-from slurm_sglang.spec import parse_parallelism
 
 
 def _plan(argv: str, nodes: int, gpus: int = 8) -> Plan:
@@ -112,7 +111,7 @@ def test_bash_places_replicas_like_python(script: Path, argv: str, nodes: int) -
     result = _bash_plan(script, argv, nodes)
     assert result.returncode == 0, result.stderr
     expected = [
-        f"{r.index} {','.join(map(str, r.nodes))} {','.join(map(str, r.gpus))} {r.port}"
+        f"{r.number} {','.join(map(str, r.nodes))} {','.join(map(str, r.gpus))} {r.port}"
         for r in _plan(argv, nodes).replicas
     ]
     lines = result.stdout.splitlines()

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from slurm_sglang.launch_plan import SpecError, validate_argv
 from slurm_sglang.maintenance.known_flags import describe_parser, format_table
 from slurm_sglang.sglang_flags import (
     LATEST_KNOWN,
@@ -20,7 +21,6 @@ from slurm_sglang.sglang_flags import (
     RESERVED_FLAGS,
     FlagProblem,
     check_known_flags,
-    find_reserved_flags,
     known_versions,
     load_known_flags,
     parse_options,
@@ -255,13 +255,12 @@ def test_repeated_flag_warns_that_the_last_wins() -> None:
     ],
 )
 def test_reserved_flags_are_found_in_every_spelling(argv: list[str]) -> None:
-    (problem,) = find_reserved_flags(MODEL + argv)
-    assert problem.kind == "reserved"
-    assert "slurm-sglang sets" in problem.message
+    with pytest.raises(SpecError, match="is set by the launcher"):
+        validate_argv(MODEL + argv)
 
 
 def test_port_and_dist_timeout_are_the_users() -> None:
-    assert find_reserved_flags(["--port", "30000", "--dist-timeout", "600"]) == []
+    validate_argv([*MODEL, "--port", "30000", "--dist-timeout", "600"])
     assert "--port" not in RESERVED_FLAGS
 
 

@@ -73,7 +73,7 @@ def test_seed_examples_fit_two_nodes() -> None:
         (["--tp", "8"], "--model-path is required"),
         (["--model-path", "m", "--tp", "x"], "--tp: 'x' is not a whole number"),
         (["--model-path", "m", "--tp"], "--tp: missing value"),
-        (["--model-path", "m", "--tp", "0"], "--tp: must be at least 1"),
+        (["--model-path", "m", "--tp", "0"], "--tp: '0' is not a whole number"),
         (["--model-path", "m", "--nnodes", "2"], "--nnodes is set by the launcher"),
         (["--model-path", "m", "--node-rank=1"], "--node-rank is set by the launcher"),
         (["--model-path", "m", "--dist-init-addr", "a:1"], "--dist-init-addr is set by"),

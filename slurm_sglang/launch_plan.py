@@ -1,0 +1,906 @@
+"""The launch plan: sglang's argv read as argparse reads it, the launcher's rules, the placement.
+
+The one source of truth for `check`, `submit` and the script: the package imports this file and
+the rendered script runs it once where it starts (`python3 -I -S launch_plan.py bash ...`), from
+the support directory beside the script. Hence stdlib only and Python 3.6 (RHEL 8's python3):
+no dataclasses, no `from __future__`, typing's old generics. docs/architecture.md says why.
+"""
+
+import functools
+import json
+import os
+import re
+import shlex
+import sys
+from math import ceil
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple, Union
+
+LATEST_KNOWN = "0.5.23"
+REGENERATE_HINT = (
+    "python -m slurm_sglang.maintenance.known_flags --python <python with sglang> --output "
+    "slurm_sglang/data/sglang_flags_<version>.json"
+)
+DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+
+
+class UserInputError(ValueError):
+    """Input a user can fix: the message names the field and the fix (exit code 2)."""
+
+
+class SpecError(UserInputError):
+    """An invalid serve request; the message names the flag and the fix."""
+
+
+class PlanError(UserInputError):
+    """A request that does not fit the allocation; the message carries the arithmetic."""
+
+
+# ---- the known-flags table and argparse's reading of an argv ---------------------------------
+
+
+def version_key(version: str) -> Tuple[int, ...]:
+    """Order sglang versions by their leading numbers: "0.5.10" > "0.5.9"; suffixes ignored."""
+    match = re.match(r"\d+(?:\.\d+)*", version.strip().lstrip("v"))
+    if match is None:
+        raise ValueError("not an sglang version: {!r}".format(version))
+    return tuple(int(part) for part in match.group(0).split("."))
+
+
+class FlagSpec(NamedTuple):
+    """One option of sglang's server parser, as the known-flags table records it."""
+
+    option_strings: Tuple[str, ...]
+    dest: str
+    order: int
+    takes_value: bool
+    nargs: Union[int, str, None] = None
+    choices: Optional[Tuple[Any, ...]] = None
+    value_type: Optional[str] = None
+    deprecated: Optional[Mapping[str, str]] = None
+
+    @property
+    def display(self) -> str:
+        """Name the option as argparse does in its errors: every spelling, slash-separated."""
+        return "/".join(self.option_strings)
+
+
+class KnownFlags(NamedTuple):
+    """The known-flags table of one sglang version."""
+
+    sglang_version: str
+    allow_abbrev: bool
+    by_option_string: Mapping[str, FlagSpec]
+    # argparse tries option strings in declaration order; its "could match" lists follow it.
+    declaration_order: Tuple[str, ...]
+
+
+def known_versions() -> Tuple[str, ...]:
+    """The sglang versions that have a known-flags table, oldest first."""
+    found = []
+    for name in os.listdir(DATA_DIR):
+        match = re.match(r"^sglang_flags_(.+)\.json$", name)
+        if match:
+            found.append(match.group(1))
+    return tuple(sorted(found, key=version_key))
+
+
+@functools.lru_cache(maxsize=8)
+def load_known_flags(version: str = LATEST_KNOWN) -> KnownFlags:
+    """Load the known-flags table of one sglang version; unknown versions name the known ones."""
+    path = os.path.join(DATA_DIR, "sglang_flags_{}.json".format(version))
+    if not os.path.isfile(path):
+        raise ValueError(
+            "no known-flags table for sglang {} (known: {}); generate one with: {}".format(
+                version, ", ".join(known_versions()), REGENERATE_HINT))
+    with open(path, encoding="utf-8") as handle:
+        raw = json.load(handle)
+    by_option_string: Dict[str, FlagSpec] = {}
+    for entry in raw["flags"].values():
+        spec = FlagSpec(
+            option_strings=tuple(entry["option_strings"]),
+            dest=entry["dest"],
+            order=entry["order"],
+            takes_value=entry["takes_value"],
+            nargs=entry.get("nargs"),
+            choices=tuple(entry["choices"]) if "choices" in entry else None,
+            value_type=entry.get("type"),
+            deprecated=entry.get("deprecated"),
+        )
+        for option_string in spec.option_strings:
+            by_option_string[option_string] = spec
+    order = tuple(sorted(
+        by_option_string,
+        key=lambda s: (by_option_string[s].order, by_option_string[s].option_strings.index(s))))
+    return KnownFlags(raw["sglang_version"], raw["allow_abbrev"], by_option_string, order)
+
+
+def table_for(version: str) -> KnownFlags:
+    """The table of this version, else the newest one not newer than it, else the oldest."""
+    versions = known_versions()
+    if version in versions:
+        return load_known_flags(version)
+    older = [v for v in versions if version_key(v) <= version_key(version)]
+    return load_known_flags(older[-1] if older else versions[0])
+
+
+class FlagProblem(NamedTuple):
+    """One thing wrong (error) or worth saying (warning) about an sglang argv."""
+
+    kind: str
+    flag: str
+    message: str
+    severity: str = "error"
+    position: Optional[int] = None
+    suggestion: Optional[str] = None
+
+
+class ParsedOption(NamedTuple):
+    """One option token of an argv, resolved the way argparse resolves it."""
+
+    position: int
+    token: str
+    spelling: str
+    spec: Optional[FlagSpec]
+    explicit_value: Optional[str]
+    value_indexes: Tuple[int, ...]
+    ambiguous_matches: Tuple[str, ...] = ()
+    problems: Tuple[FlagProblem, ...] = ()
+
+    def values(self, argv: Sequence[str]) -> Tuple[str, ...]:
+        """The option's values as written (the text after '=' counts as one)."""
+        inline = () if self.explicit_value is None else (self.explicit_value,)
+        return inline + tuple(argv[i] for i in self.value_indexes)
+
+
+_NEGATIVE_NUMBER = re.compile(r"^-\d+$|^-\d*\.\d+$")
+
+
+def _looks_like_value(token: str, table: KnownFlags) -> bool:
+    """argparse's test (_parse_optional): is this token a value rather than an option?"""
+    if not token or token[0] != "-":
+        return True
+    if token in table.by_option_string:
+        return False
+    if len(token) == 1:
+        return True
+    if token.split("=", 1)[0] in table.by_option_string:
+        return False
+    if table.allow_abbrev and token.startswith("--") and _prefix_matches(token, table):
+        return False
+    # No sglang option looks like a negative number, so argparse reads "-1" as a value.
+    return bool(_NEGATIVE_NUMBER.match(token)) or " " in token
+
+
+def _prefix_matches(token: str, table: KnownFlags) -> Tuple[str, ...]:
+    head = token.split("=", 1)[0]
+    return tuple(s for s in table.declaration_order if s.startswith(head))
+
+
+def _value_count(spec: FlagSpec) -> Tuple[int, Optional[int]]:
+    """How many values an option takes: (at least, at most); None is unbounded."""
+    nargs = spec.nargs
+    if not spec.takes_value:
+        return 0, 0
+    if nargs is None:
+        return 1, 1
+    if isinstance(nargs, int):
+        return nargs, nargs
+    counts: Dict[str, Tuple[int, Optional[int]]] = {"?": (0, 1), "*": (0, None), "+": (1, None)}
+    return counts.get(nargs, (0, None))
+
+
+def _check_value(spec: FlagSpec, spelling: str, value: str, position: int
+                 ) -> Optional[FlagProblem]:
+    converted: Any = value
+    try:
+        if spec.value_type == "int":
+            converted = int(value)
+        elif spec.value_type == "float":
+            converted = float(value)
+    except ValueError:
+        return FlagProblem("bad-value", spelling, "{}: invalid {} value: {!r}".format(
+            spelling, spec.value_type, value), position=position)
+    if spec.choices is not None and converted not in spec.choices:
+        choices = ", ".join(repr(choice) for choice in spec.choices)
+        message = "{}: invalid choice: {!r} (choose from {})".format(spelling, value, choices)
+        return FlagProblem("bad-value", spelling, message, position=position)
+    return None
+
+
+def _resolve(token: str, table: KnownFlags
+             ) -> Tuple[str, Optional[FlagSpec], Optional[str], Tuple[str, ...]]:
+    """Find the option a token names: spelling, spec, explicit value, ambiguous matches."""
+    if token in table.by_option_string:
+        return token, table.by_option_string[token], None, ()
+    spelling, _, rest = token.partition("=")
+    explicit = rest if "=" in token else None
+    if spelling in table.by_option_string:
+        return spelling, table.by_option_string[spelling], explicit, ()
+    if table.allow_abbrev and token.startswith("--"):
+        matches = _prefix_matches(token, table)
+        if len(matches) == 1:
+            return spelling, table.by_option_string[matches[0]], explicit, ()
+        if len(matches) > 1:
+            return spelling, None, explicit, matches
+    return spelling, None, explicit, ()
+
+
+def parse_options(argv: Sequence[str], version: str = LATEST_KNOWN) -> List[ParsedOption]:
+    """Split an sglang argv into options with their values, as argparse would, never failing."""
+    table = table_for(version)
+    parsed: List[ParsedOption] = []
+    index = 0
+    while index < len(argv):
+        token = argv[index]
+        if _looks_like_value(token, table) or token == "--":
+            parsed.append(ParsedOption(index, token, token, None, None, ()))
+            index += 1
+            continue
+        spelling, spec, explicit, matches = _resolve(token, table)
+        low, high = _value_count(spec) if spec else (0, None)
+        if explicit is not None:
+            low, high = max(low - 1, 0), 0
+        values: List[int] = []
+        while high is None or len(values) < high:
+            following = index + 1 + len(values)
+            if following >= len(argv) or not _looks_like_value(argv[following], table):
+                break
+            values.append(following)
+        problems: List[FlagProblem] = []
+        if spec is not None:
+            if explicit is not None and not spec.takes_value:
+                problems.append(FlagProblem(
+                    "unexpected-value", spelling,
+                    "{}: takes no value, but was given {!r}".format(spelling, explicit),
+                    position=index))
+            elif len(values) < low:
+                wanted = "one argument" if spec.nargs is None else "{!r} arguments".format(
+                    spec.nargs)
+                problems.append(FlagProblem(
+                    "missing-value", spelling,
+                    "argument {}: expected {}".format(spec.display, wanted), position=index))
+            texts = ([explicit] if explicit is not None else []) + [argv[i] for i in values]
+            for value in texts:
+                problem = _check_value(spec, spelling, value, index)
+                if problem is not None:
+                    problems.append(problem)
+        parsed.append(ParsedOption(index, token, spelling, spec, explicit, tuple(values),
+                                   matches, tuple(problems)))
+        index += 1 + len(values)
+    return parsed
+
+
+def _last_values(parsed: Sequence[ParsedOption], argv: Sequence[str], dest: str
+                 ) -> Optional[Tuple[ParsedOption, Tuple[str, ...]]]:
+    """The option argparse keeps for a dest (the last one given) and its values as written."""
+    found = [p for p in parsed if p.spec is not None and p.spec.dest == dest]
+    return (found[-1], found[-1].values(argv)) if found else None
+
+
+# ---- flag rewrites across sglang versions ----------------------------------------------------
+
+
+class Rename(NamedTuple):
+    """An old sglang spelling, what replaces it, and from which sglang version on.
+
+    `since` is the first version the rewrite applies to. Where the release that changed the
+    flag is not known exactly, it is the version where the change was verified with sglang's
+    own parser, and `reason` says so.
+    """
+
+    old: str
+    new: str
+    since: str
+    action: str  # rename, ep-size-from-tp, a2a-backend or warn
+    reason: str
+
+
+# Versions were read from sglang's released wheels (server_args.py of 0.4.10.post2, 0.5.1-0.5.4,
+# 0.5.10, 0.5.16, 0.5.20-0.5.22) and checked with 0.5.23's parser.
+RENAMES: Tuple[Rename, ...] = (
+    Rename(
+        "--pp",
+        "--pp-size",
+        "0.5.4",
+        "rename",
+        "--pp only ever worked as an argparse prefix of --pp-size; since sglang 0.5.4 added"
+        " --pp-max-micro-batch-size (and later --pp-async-batch-depth) it is ambiguous and"
+        " sglang stops",
+    ),
+    Rename(
+        "--max-micro-batch-size",
+        "--pp-max-micro-batch-size",
+        "0.5.4",
+        "rename",
+        "renamed in sglang 0.5.4 (PR #11279); the old name is rejected",
+    ),
+    Rename(
+        "--enable-ep-moe",
+        "--ep-size <tp-size>",
+        "0.4.10",
+        "warn",
+        "deprecated since sglang 0.4.10.post2 but still works (sglang sets ep size = tp size);"
+        " it stops sglang from 0.5.3 on",
+    ),
+    Rename(
+        "--enable-ep-moe",
+        "--ep-size <tp-size>",
+        "0.5.3",
+        "ep-size-from-tp",
+        "it meant 'expert parallel size = tensor parallel size'; sglang 0.5.3 stops on it"
+        " (deprecated by PR #8658), later releases no longer know it",
+    ),
+    Rename(
+        "--enable-ep",
+        "--ep-size <tp-size>",
+        "0.4.10",
+        "ep-size-from-tp",
+        "the seed's shorthand for expert parallelism; sglang reads it as a prefix, ambiguous"
+        " while --enable-ep-moe exists and, once that is gone, silently --enable-eplb (expert"
+        " load balancing)",
+    ),
+    Rename(
+        "--enable-deepep-moe",
+        "--moe-a2a-backend deepep",
+        "0.4.10",
+        "warn",
+        "deprecated since sglang 0.4.10.post2 but still works (sglang sets --moe-a2a-backend"
+        " deepep); it stops sglang from 0.5.3 on",
+    ),
+    Rename(
+        "--enable-deepep-moe",
+        "--moe-a2a-backend deepep",
+        "0.5.3",
+        "a2a-backend",
+        "replaced by --moe-a2a-backend deepep (PR #8658; sglang then sets ep size = tp size"
+        " itself); sglang 0.5.3 stops on it, later releases no longer know it",
+    ),
+    Rename(
+        "--enable-dp-attention",
+        "--attn-dp-size <dp-size>",
+        "0.5.22",
+        "warn",
+        "deprecated since sglang 0.5.22 but still works: sglang reads --dp N"
+        " --enable-dp-attention as --attn-dp-size N with dp 1; removal planned after"
+        " 2026-12-31, so it is kept as is",
+    ),
+)
+
+
+def renames_for(target_version: str) -> Dict[str, Rename]:
+    """The rename that applies to each old spelling for a target version (the newest one)."""
+    applicable = [r for r in RENAMES if version_key(target_version) >= version_key(r.since)]
+    return {r.old: r for r in sorted(applicable, key=lambda r: version_key(r.since))}
+
+
+class RewriteResult(NamedTuple):
+    """An argv after rewriting old spellings, and one note per change or warning."""
+
+    argv: Tuple[str, ...]
+    notes: Tuple[str, ...]
+
+
+def rewrite_argv(argv: Sequence[str], target_version: str = LATEST_KNOWN) -> RewriteResult:
+    """Rewrite old sglang spellings for the target version; every other byte stays as it was."""
+    renames = renames_for(target_version)
+    parsed = parse_options(argv, target_version)
+    replacements: Dict[int, List[str]] = {}
+    notes: List[str] = []
+
+    def value_of(dest: str) -> Optional[str]:
+        kept = _last_values(parsed, argv, dest)
+        return kept[1][0] if kept and kept[1] else None
+
+    for option in parsed:
+        rename = renames.get(option.spelling)
+        if rename is None:
+            continue
+        written = " ".join([option.token] + [argv[i] for i in option.value_indexes])
+        if rename.action == "rename":
+            new_token = rename.new + option.token[len(rename.old):]
+            replacements[option.position] = [new_token]
+            notes.append("rewrote {} -> {}: {}".format(option.token, new_token, rename.reason))
+        elif rename.action == "ep-size-from-tp":
+            tp = value_of("tp_size")
+            if value_of("ep_size") is not None or tp is None:
+                replacements[option.position] = []
+                why = "--ep-size is given" if tp is not None else "tp is 1, so ep is 1"
+                notes.append("dropped {} ({}): {}".format(option.token, why, rename.reason))
+            else:
+                replacements[option.position] = ["--ep-size", tp]
+                notes.append("rewrote {} -> --ep-size {}: {}".format(
+                    option.token, tp, rename.reason))
+        elif rename.action == "a2a-backend":
+            if value_of("moe_a2a_backend") is not None:
+                replacements[option.position] = []
+                notes.append("dropped {} (--moe-a2a-backend is given): {}".format(
+                    option.token, rename.reason))
+            else:
+                replacements[option.position] = ["--moe-a2a-backend", "deepep"]
+                notes.append("rewrote {} -> --moe-a2a-backend deepep: {}".format(
+                    option.token, rename.reason))
+        else:
+            notes.append("kept {}: {}".format(written, rename.reason))
+    rewritten: List[str] = []
+    for index, token in enumerate(argv):
+        rewritten.extend(replacements.get(index, [token]))
+    return RewriteResult(tuple(rewritten), tuple(notes))
+
+
+# ---- the launcher's rules on sglang's argv ---------------------------------------------------
+
+# The launcher sets these per rank; a user value would contradict the allocation.
+RESERVED_FLAGS: Dict[str, str] = {
+    "--nnodes": "the number of nodes comes from the allocation (salloc/sbatch -N)",
+    "--node-rank": "each rank gets its own --node-rank from SLURM_NODEID",
+    "--dist-init-addr": "the head's address is found inside the allocation (use --dist-port)",
+    "--host": "ranks listen on 0.0.0.0 so the head is reachable from other nodes",
+}
+# Secrets never travel on a command line, where ps and the logs would show them.
+SECRET_FLAGS: Dict[str, str] = {
+    "--api-key": "--api-key on the command line shows in ps and in logs; put the key in a file "
+    "and pass --api-key-file FILE, or set SLURM_SGLANG_API_KEY",
+}
+MODEL_DEST = "model_path"
+# dest -> the spelling named in messages; the seed's short forms are prefixes argparse accepts.
+PARALLEL_DESTS = (("tp", "tp_size", "--tp"), ("pp", "pp_size", "--pp-size"),
+                  ("dp", "dp_size", "--dp"), ("ep", "ep_size", "--ep"))
+DP_ATTENTION_DEST = "enable_dp_attention"
+
+
+class Parallelism(NamedTuple):
+    """The parallel sizes read from sglang's arguments."""
+
+    tp: int = 1
+    pp: int = 1
+    dp: int = 1
+    ep: int = 1
+    dp_attention: bool = False
+
+    @property
+    def gpus_per_server(self) -> int:
+        """GPUs one sglang server (one replica) uses: attention DP and EP subdivide TP."""
+        return self.tp * self.pp
+
+    @property
+    def replicas(self) -> int:
+        """Independent servers: plain DP makes replicas; attention DP stays in one server."""
+        return 1 if self.dp_attention else self.dp
+
+    @property
+    def total_gpus(self) -> int:
+        """The seed's formula, total GPUs = TP x DP x PP (attention DP lives inside TP)."""
+        return self.gpus_per_server * self.replicas
+
+
+def _dest_flag(dest: str, version: str) -> str:
+    for spelling, spec in table_for(version).by_option_string.items():
+        if spec.dest == dest:
+            return spec.option_strings[0] if spec.option_strings else spelling
+    return "--" + dest.replace("_", "-")
+
+
+def validate_argv(argv: Sequence[str], version: str = LATEST_KNOWN) -> None:
+    """Refuse what the launcher owns or must never see (any spelling argparse accepts)."""
+    for position, arg in enumerate(argv, 1):
+        if "\n" in arg or "\r" in arg or "\0" in arg:
+            raise SpecError(
+                "sglang argument {} ({!r}...) contains a newline or NUL; pass multi-line values "
+                "through a file".format(position, (arg.splitlines() or [""])[0][:30]))
+    reserved = {_dest_flag(flag[2:].replace("-", "_"), version): flag for flag in RESERVED_FLAGS}
+    secret = {_dest_flag(flag[2:].replace("-", "_"), version): flag for flag in SECRET_FLAGS}
+    found_model = False
+    for option in parse_options(argv, version):
+        spec = option.spec
+        if spec is None:
+            continue
+        flag = spec.option_strings[0]
+        named = flag if option.spelling == flag else "{} ({})".format(option.spelling, flag)
+        if flag in reserved:
+            raise SpecError("{} is set by the launcher: {}; remove it".format(
+                named, RESERVED_FLAGS[reserved[flag]]))
+        if flag in secret:
+            raise SpecError(SECRET_FLAGS[secret[flag]])
+        found_model = found_model or (spec.dest == MODEL_DEST and bool(option.values(argv)))
+    if not found_model:
+        raise SpecError("--model-path is required (e.g. --model-path Qwen/Qwen2.5-7B-Instruct)")
+
+
+def model_path(argv: Sequence[str], version: str = LATEST_KNOWN) -> str:
+    """The model path or hub id given with --model-path (any spelling), else ''."""
+    kept = _last_values(parse_options(argv, version), argv, MODEL_DEST)
+    return kept[1][0] if kept and kept[1] else ""
+
+
+def _size(option: ParsedOption, values: Tuple[str, ...]) -> int:
+    if not values:
+        raise SpecError("{}: missing value (e.g. {} 8)".format(option.spelling, option.spelling))
+    raw = values[0]
+    if not re.match(r"^[0-9]+$", raw.strip()) or int(raw) < 1:
+        raise SpecError("{}: {!r} is not a whole number of at least 1 (e.g. {} 8)".format(
+            option.spelling, raw, option.spelling))
+    return int(raw)
+
+
+def parse_parallelism(argv: Sequence[str], version: str = LATEST_KNOWN) -> Parallelism:
+    """Read tp/pp/dp/ep and attention DP from sglang arguments, in any spelling."""
+    # The seed's spellings (--pp) count as what they are rewritten to.
+    argv = rewrite_argv(argv, version).argv
+    parsed = parse_options(argv, version)
+    sizes: Dict[str, int] = {}
+    for key, dest, _ in PARALLEL_DESTS:
+        kept = _last_values(parsed, argv, dest)
+        sizes[key] = _size(*kept) if kept else 1
+    attention = _last_values(parsed, argv, DP_ATTENTION_DEST) is not None
+    attn_dp = _last_values(parsed, argv, "attn_dp_size")
+    # A dedicated attention-DP size above 1 is attention DP, with or without the switch.
+    attention = attention or bool(attn_dp and _size(*attn_dp) > 1)
+    return Parallelism(sizes["tp"], sizes["pp"], sizes["dp"], sizes["ep"], attention)
+
+
+def server_argv(argv: Sequence[str], replicas: bool, version: str = LATEST_KNOWN
+                ) -> Tuple[str, ...]:
+    """A server's sglang arguments: with replicas each is a server of dp 1, so --dp goes."""
+    if not replicas:
+        return tuple(argv)
+    dropped: Set[int] = set()
+    for option in parse_options(argv, version):
+        if option.spec is not None and option.spec.dest == "dp_size":
+            dropped.add(option.position)
+            dropped.update(option.value_indexes)
+    return tuple(token for index, token in enumerate(argv) if index not in dropped)
+
+
+def rank_argv(argv: Sequence[str], nnodes: int, node_rank: int, head_ip: str, dist_port: int,
+              port: int) -> Tuple[str, ...]:
+    """The exact argv of one rank: the server's arguments and what the launcher sets."""
+    return tuple(argv) + ("--nnodes", str(nnodes), "--node-rank", str(node_rank),
+                          "--dist-init-addr", "{}:{}".format(head_ip, dist_port),
+                          "--host", "0.0.0.0", "--port", str(port))
+
+
+# ---- placement: which servers run where, on which GPUs and ports, and why ---------------------
+
+
+class Replica(NamedTuple):
+    """One sglang server: the nodes it spans, the GPUs it takes on each, its HTTP port."""
+
+    number: int
+    nodes: Tuple[int, ...]
+    gpus: Tuple[int, ...]
+    port: int
+
+    @property
+    def head(self) -> int:
+        """The node whose rank 0 serves HTTP and holds the dist-init address."""
+        return self.nodes[0]
+
+
+class Plan(NamedTuple):
+    """The whole placement: servers, whether a router fronts them, and the reasons."""
+
+    replicas: Tuple[Replica, ...]
+    router: bool
+    router_port: int
+    nodes: int
+    gpus_per_node: int
+    reasons: Tuple[str, ...]
+
+    @property
+    def idle_nodes(self) -> Tuple[int, ...]:
+        """Nodes of the allocation no server uses."""
+        used = {node for replica in self.replicas for node in replica.nodes}
+        return tuple(node for node in range(self.nodes) if node not in used)
+
+    @property
+    def gpus_per_rank(self) -> int:
+        """GPUs one node's ranks take together (the pre-flight's GPU count)."""
+        per_node: Dict[int, int] = {}
+        for replica in self.replicas:
+            for node in replica.nodes:
+                per_node[node] = per_node.get(node, 0) + len(replica.gpus)
+        return max(per_node.values()) if per_node else 0
+
+    def table(self) -> str:
+        """The plan as a text table: server, nodes, GPUs per node, port."""
+        rows = [("replica", "nodes", "GPUs (each node)", "port")]
+        for replica in self.replicas:
+            rows.append((str(replica.number), ",".join(str(node) for node in replica.nodes),
+                         ",".join(str(gpu) for gpu in replica.gpus) or "-", str(replica.port)))
+        if self.router:
+            rows.append(("router", str(self.replicas[0].head), "-", str(self.router_port)))
+        widths = [max(len(row[column]) for row in rows) for column in range(4)]
+        lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
+                 for row in rows]
+        return "\n".join(lines + ["- " + reason for reason in self.reasons])
+
+    def to_dict(self) -> Dict[str, object]:
+        """A JSON-friendly form for `check --json` and `--dry-run --json`."""
+        return {
+            "router": self.router,
+            "router_port": self.router_port if self.router else None,
+            "replicas": [{"replica": r.number, "nodes": list(r.nodes), "gpus": list(r.gpus),
+                          "port": r.port} for r in self.replicas],
+            "reasons": list(self.reasons),
+        }
+
+
+def uses_replicas(par: Parallelism, nodes: int) -> bool:
+    """Plain --dp N over several nodes runs as N servers; attention DP stays one server."""
+    return par.dp > 1 and not par.dp_attention and nodes > 1
+
+
+def nodes_needed(par: Parallelism, gpus_per_node: int) -> int:
+    """Nodes the request needs: total GPUs over GPUs per node, rounded up."""
+    if gpus_per_node <= 0:
+        return 1
+    return max(1, ceil(par.total_gpus / gpus_per_node))
+
+
+def check_parallelism(par: Parallelism, nodes: int, gpus_per_node: int) -> List[str]:
+    """The seed's rules against an allocation; each problem is one line with the arithmetic."""
+    problems: List[str] = []
+    if par.tp % par.ep:
+        problems.append("--ep {} must divide --tp {}: EP subdivides the TP GPUs into EP "
+                        "groups".format(par.ep, par.tp))
+    if par.dp_attention and par.dp > 1 and par.tp % par.dp:
+        problems.append("--dp {} with --enable-dp-attention must divide --tp {}".format(
+            par.dp, par.tp))
+    try:
+        plan(par, nodes, gpus_per_node)
+    except PlanError as exc:
+        problems.append(str(exc))
+    return problems
+
+
+def plan(par: Parallelism, nodes: int, gpus_per_node: int, port: int = 30000) -> Plan:
+    """Place the servers on the allocation, or raise PlanError with the arithmetic."""
+    if nodes < 1:
+        raise PlanError("an allocation needs at least one node, got {}".format(nodes))
+    if uses_replicas(par, nodes):
+        if gpus_per_node < 1:
+            raise PlanError(
+                "--dp {} across {} nodes needs the GPUs per node (salloc --gpus-per-node=N, or "
+                "the profile's slurm.gpus_per_node) to place replicas".format(par.dp, nodes))
+        if par.gpus_per_server <= gpus_per_node:
+            return _pack(par, nodes, gpus_per_node, port)
+        return _span(par, nodes, gpus_per_node, port)
+    return _single(par, nodes, gpus_per_node, port)
+
+
+def _single(par: Parallelism, nodes: int, gpus_per_node: int, port: int) -> Plan:
+    """One server over every node of the allocation."""
+    per_server = par.total_gpus
+    capacity = nodes * gpus_per_node
+    if gpus_per_node and per_server > capacity:
+        raise PlanError(
+            "tp*pp*dp = {}*{}*{} = {} GPUs, but {} node(s) x {} GPUs = {}: ask for {} node(s) "
+            "or lower the sizes".format(par.tp, par.pp, par.replicas, per_server, nodes,
+                                        gpus_per_node, capacity,
+                                        nodes_needed(par, gpus_per_node)))
+    if per_server % nodes:
+        raise PlanError(
+            "tp*pp = {} is not divisible by the {} nodes of this allocation (sglang needs "
+            "(tp*pp) % nnodes == 0)".format(par.gpus_per_server, nodes))
+    per_rank = per_server // nodes
+    if gpus_per_node and per_rank > gpus_per_node:
+        raise PlanError("tp*pp = {} needs {} GPUs on each of {} nodes, more than the {} a node "
+                        "has".format(per_server, per_rank, nodes, gpus_per_node))
+    reason = (
+        "attention DP: one server spans every node (--dp stays inside the server)"
+        if par.dp_attention else
+        "--dp {} on one node: sglang runs data parallelism inside one server".format(par.dp)
+        if par.dp > 1 else "one server spans every node of the allocation")
+    gpus = tuple(range(per_rank if gpus_per_node else 0))
+    return Plan((Replica(0, tuple(range(nodes)), gpus, port),), False, port, nodes,
+                gpus_per_node, (reason,))
+
+
+def _replica_reason(par: Parallelism, port: int) -> str:
+    return ("sglang refuses --dp > 1 with --nnodes > 1: {} servers of dp 1 behind sglang-router "
+            "on port {}".format(par.dp, port))
+
+
+def _pack(par: Parallelism, nodes: int, gpus_per_node: int, port: int) -> Plan:
+    """Replicas that fit one node: spread evenly, each on its own GPUs and HTTP port."""
+    per_server = par.gpus_per_server
+    fit = gpus_per_node // per_server
+    per_node = ceil(par.dp / nodes)
+    if per_node > fit:
+        raise PlanError(
+            "--dp {dp} replicas of tp*pp = {s} GPUs need {dp}*{s} = {need} GPUs, but {n} node(s) "
+            "x {g} GPUs hold {fit} replica(s) each = {hold}: ask for {ask} node(s) or lower "
+            "--dp".format(dp=par.dp, s=per_server, need=par.dp * per_server, n=nodes,
+                          g=gpus_per_node, fit=fit, hold=fit * nodes, ask=ceil(par.dp / fit)))
+    replicas = []
+    for number in range(par.dp):
+        node, slot = divmod(number, per_node)
+        first = slot * per_server
+        replicas.append(Replica(number, (node,), tuple(range(first, first + per_server)),
+                                port + 1 + number))
+    reasons = (
+        _replica_reason(par, port),
+        "tp*pp = {} GPUs fit one node of {}: up to {} replica(s) a node on disjoint GPUs, HTTP "
+        "ports {}..{}".format(per_server, gpus_per_node, per_node, port + 1, port + par.dp),
+    )
+    return _with_idle_reason(Plan(tuple(replicas), True, port, nodes, gpus_per_node, reasons))
+
+
+def _span(par: Parallelism, nodes: int, gpus_per_node: int, port: int) -> Plan:
+    """Replicas larger than a node: each spans whole nodes with its own head and ports."""
+    per_server = par.gpus_per_server
+    span = ceil(per_server / gpus_per_node)
+    if per_server % span:
+        raise PlanError(
+            "tp*pp = {s} needs {span} nodes of {g} GPUs, but {s} is not divisible by {span} "
+            "(sglang needs (tp*pp) % nnodes == 0)".format(s=per_server, span=span,
+                                                          g=gpus_per_node))
+    if span * par.dp > nodes:
+        raise PlanError(
+            "--dp {dp} replicas of tp*pp = {s} GPUs span {span} node(s) each: {dp}*{span} = "
+            "{need} nodes needed, the allocation has {n}".format(
+                dp=par.dp, s=per_server, span=span, need=par.dp * span, n=nodes))
+    per_rank = per_server // span
+    replicas = tuple(
+        Replica(number, tuple(range(number * span, (number + 1) * span)),
+                tuple(range(per_rank)), port + 1 + number)
+        for number in range(par.dp))
+    reasons = (
+        _replica_reason(par, port),
+        "tp*pp = {} GPUs exceed a node of {}: each replica spans {} nodes ({} GPUs on each) "
+        "with its own head and dist-init port".format(per_server, gpus_per_node, span,
+                                                      per_rank),
+    )
+    return _with_idle_reason(Plan(replicas, True, port, nodes, gpus_per_node, reasons))
+
+
+def _with_idle_reason(placed: Plan) -> Plan:
+    idle = placed.idle_nodes
+    if not idle:
+        return placed
+    note = "node(s) {} of the allocation run no replica".format(",".join(map(str, idle)))
+    return placed._replace(reasons=placed.reasons + (note,))
+
+
+# ---- the script's view: one call, shell assignments --------------------------------------------
+
+ROUTER_POLICIES = ("cache_aware", "round_robin", "random", "power_of_two")
+
+
+class LaunchRequest(NamedTuple):
+    """What the script knows when it asks for the plan."""
+
+    argv: Tuple[str, ...]
+    nodes: int
+    gpus_per_node: int
+    port: int = 30000
+    version: str = LATEST_KNOWN
+    router_source: str = "image"
+    router_venv: str = ""
+    container_cli: str = "docker"
+    min_replicas: int = 0
+
+
+class Launch(NamedTuple):
+    """The validated, rewritten request and its placement."""
+
+    argv: Tuple[str, ...]
+    server_argv: Tuple[str, ...]
+    model_path: str
+    parallelism: Parallelism
+    plan: Plan
+    min_replicas: int
+    notes: Tuple[str, ...]
+
+
+def launch(request: LaunchRequest) -> Launch:
+    """Validate, rewrite and place a request: every rule the script applies, in one call."""
+    rewritten = rewrite_argv(request.argv, request.version)
+    validate_argv(rewritten.argv, request.version)
+    par = parse_parallelism(rewritten.argv, request.version)
+    problems = check_parallelism(par, request.nodes, request.gpus_per_node)
+    if problems:
+        raise PlanError(problems[0])
+    placed = plan(par, request.nodes, request.gpus_per_node, request.port)
+    min_replicas = request.min_replicas
+    if placed.router:
+        if min_replicas > par.dp:
+            raise PlanError("--min-replicas {} is more than the {} replicas of --dp {}".format(
+                min_replicas, par.dp, par.dp))
+        _check_router_source(request, par)
+    return Launch(rewritten.argv, server_argv(rewritten.argv, placed.router, request.version),
+                  model_path(rewritten.argv, request.version), par, placed,
+                  min_replicas or len(placed.replicas), rewritten.notes)
+
+
+def _check_router_source(request: LaunchRequest, par: Parallelism) -> None:
+    if request.router_source == "none":
+        raise PlanError(
+            "--dp {} on {} nodes runs {} replicas behind sglang-router, but the profile has "
+            "router.source: none; add --enable-dp-attention for one server".format(
+                par.dp, request.nodes, par.dp))
+    if request.router_source == "venv" and not request.router_venv:
+        raise PlanError("profile router.source is venv but router.venv is empty")
+    if request.router_source == "image" and request.container_cli not in ("docker", "podman"):
+        raise PlanError("profile router.source: image needs a docker or podman runtime; set "
+                        "router.source: venv")
+
+
+def shell_assignments(result: Launch) -> str:
+    """The plan as bash assignments; lists are ';' between servers and ',' within one."""
+    placed = result.plan
+    par = result.parallelism
+
+    def joined(values: Sequence[int]) -> str:
+        return ",".join(str(value) for value in values)
+
+    values = [
+        ("MODEL_PATH", result.model_path),
+        ("REPLICA_MODE", str(int(placed.router))),
+        ("REPLICAS", str(len(placed.replicas))),
+        ("REPLICA_SPAN", str(len(placed.replicas[0].nodes))),
+        ("REPLICA_NODES", ";".join(joined(r.nodes) for r in placed.replicas)),
+        ("REPLICA_GPU_INDEXES", ";".join(joined(r.gpus) for r in placed.replicas)),
+        ("GPUS_PER_RANK", str(placed.gpus_per_rank)),
+        ("MIN_REPLICAS", str(result.min_replicas)),
+        ("PARALLELISM", "tp={} pp={} dp={} ep={}".format(par.tp, par.pp, par.dp, par.ep)),
+    ]
+    lines = ["{}={}".format(name, shlex.quote(value)) for name, value in values]
+    lines.append("SGLANG_ARGS=({})".format(" ".join(shlex.quote(a) for a in result.server_argv)))
+    return "\n".join(lines) + "\n"
+
+
+def _int_option(args: List[str], name: str, default: int) -> int:
+    if name not in args:
+        return default
+    at = args.index(name)
+    value = args[at + 1]
+    del args[at:at + 2]
+    return int(value)
+
+
+def _str_option(args: List[str], name: str, default: str) -> str:
+    if name not in args:
+        return default
+    at = args.index(name)
+    value = args[at + 1]
+    del args[at:at + 2]
+    return value
+
+
+def main(argv: Sequence[str]) -> int:
+    """`launch_plan.py bash|plan [--nodes N ...] -- SGLANG ARGS`: what the script runs once."""
+    if not argv or argv[0] not in ("bash", "plan"):
+        sys.stderr.write("usage: launch_plan.py bash|plan [--nodes N --gpus-per-node G "
+                         "--port P ...] -- SGLANG ARGS\n")
+        return 2
+    mode = argv[0]
+    split = list(argv).index("--") if "--" in argv else len(argv)
+    options = list(argv[1:split])
+    request = LaunchRequest(
+        argv=tuple(argv[split + 1:]),
+        nodes=_int_option(options, "--nodes", 1),
+        gpus_per_node=_int_option(options, "--gpus-per-node", 0),
+        port=_int_option(options, "--port", 30000),
+        version=_str_option(options, "--sglang-version", "") or LATEST_KNOWN,
+        router_source=_str_option(options, "--router-source", "image"),
+        router_venv=_str_option(options, "--router-venv", ""),
+        container_cli=_str_option(options, "--container-cli", "docker"),
+        min_replicas=_int_option(options, "--min-replicas", 0),
+    )
+    try:
+        result = launch(request)
+    except UserInputError as exc:
+        sys.stderr.write("slurm-sglang: {}\n".format(exc))
+        return 2
+    for note in result.notes:
+        sys.stderr.write("slurm-sglang: note: {}\n".format(note))
+    if mode == "plan":
+        sys.stdout.write(result.plan.table() + "\n")
+    else:
+        sys.stdout.write(shell_assignments(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
