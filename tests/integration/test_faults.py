@@ -167,12 +167,34 @@ def test_rank_failing_at_start_ends_before_health_timeout_with_its_log(
     assert _leftovers(sandbox, job_id) == []
 
 
+def _late_rank_end_env(sandbox: SandboxInfo, node: str, seconds: float = 2.0) -> dict[str, str]:
+    """serve_env with a podman that, on `node`, reports its container's end `seconds` late.
+
+    On a loaded machine the head's peers may exit, and srun signal the head's node task,
+    before the head's own podman returns: this makes that order certain.
+    """
+    wrappers = sandbox.shared_dir / "late-rank-end"
+    wrappers.mkdir(exist_ok=True)
+    podman = wrappers / "podman"
+    podman.write_text(
+        "#!/bin/bash\n"
+        f'if [[ $1 == run && $(hostname) == {node} ]]; then\n'
+        f'  /usr/bin/podman "$@"; code=$?; sleep {seconds}; exit "$code"\n'
+        "fi\n"
+        'exec /usr/bin/podman "$@"\n')
+    podman.chmod(0o755)
+    return serve_env(load_seconds=120, PATH=f"{wrappers}:{os.environ['PATH']}")
+
+
 def test_health_timeout_ends_with_the_heads_log(sandbox: SandboxInfo, script: Path,
                                                 model_dir: Path, tmp_path: Path) -> None:
+    # The worker exits as soon as the head is removed, and srun then stops the head's node
+    # task: the head's log must still be shown, as that of the rank that failed.
+    head = sandbox.nodes[0]
     args = ["--health-timeout", "3", "--model-path", str(model_dir), "--tp", "2"]
-    code, seconds, output, job_id = _salloc_until_end(sandbox, script, args, tmp_path,
-                                                      env=serve_env(load_seconds=120))
-    head = re.search(r"head (\S+) \(", output).group(1)  # type: ignore[union-attr]
+    code, seconds, output, job_id = _salloc_until_end(
+        sandbox, script, args, tmp_path, ("-w", ",".join(sandbox.nodes[:2])),
+        env=_late_rank_end_env(sandbox, head))
     _measured("start -> job ended, --health-timeout 3", seconds)
     assert code != 0 and seconds < 60, output
     assert f"{head} (rank 0): /health not 200 after 3 s" in output

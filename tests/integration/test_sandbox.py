@@ -203,6 +203,11 @@ def queue_is_empty() -> bool:
     return slurm(["squeue", "-h", "-o", "%i"]).strip() == ""
 
 
+def fake_gpus() -> list[str]:
+    """The pretend GPU devices on the machine (/dev/fakegpuK), sorted."""
+    return sorted(str(path) for path in Path("/dev").glob("fakegpu*"))
+
+
 def test_down_then_up_leaves_the_machine_as_before(sandbox: SandboxInfo) -> None:
     if os.geteuid() != 0:
         pytest.skip("cycling the sandbox needs root")
@@ -212,6 +217,8 @@ def test_down_then_up_leaves_the_machine_as_before(sandbox: SandboxInfo) -> None
     try:
         sandbox_down()
         before = snapshot.take()
+        # `up` adds the fake GPU devices that are missing, and `down` removes only those.
+        fake_gpus_before = fake_gpus()
         info = sandbox_up(*shape)
         assert slurm(["srun", "-N", str(shape[0]), "hostname"]).split()
         # A container still running at `down` must not survive it, nor its conmon.
@@ -237,7 +244,7 @@ def test_down_then_up_leaves_the_machine_as_before(sandbox: SandboxInfo) -> None
         sandbox_down()
         after = snapshot.take()
         hosts_after = Path("/etc/hosts").read_text()
-        fake_gpu_after = Path("/dev/fakegpu0").exists()
+        fake_gpus_after = fake_gpus()
         slurm_conf_after = Path("/etc/slurm/slurm.conf")
         slurm_conf_ours = slurm_conf_after.is_symlink() and str(
             slurm_conf_after.readlink()
@@ -250,7 +257,7 @@ def test_down_then_up_leaves_the_machine_as_before(sandbox: SandboxInfo) -> None
     assert any(line.endswith((" conmon", " sleep")) for line in while_up["processes"])
     assert snapshot.differences(before, after) == {}
     assert HOSTS_MARKER not in hosts_after
-    assert not fake_gpu_after
+    assert fake_gpus_after == fake_gpus_before
     assert not slurm_conf_ours
     assert sandbox_status() is not None
 
