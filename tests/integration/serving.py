@@ -57,7 +57,8 @@ def _wait_for(pattern: re.Pattern[str], path: Path, timeout: float,
         if match:
             return match
         if process is not None and process.poll() is not None:
-            raise AssertionError(f"exited with {process.returncode} before {pattern.pattern}:\n{text}")
+            raise AssertionError(
+                f"exited with {process.returncode} before {pattern.pattern}:\n{text}")
         time.sleep(0.2)
     raise AssertionError(f"no {pattern.pattern} within {timeout} s:\n{path.read_text()}")
 

@@ -1,4 +1,4 @@
-"""run.sbatch on the real sandbox cluster: salloc and sbatch, 2 and 4 nodes, cleanup, image reuse."""
+"""run.sbatch on the real sandbox: salloc and sbatch, 2 and 4 nodes, cleanup, image reuse."""
 
 from __future__ import annotations
 

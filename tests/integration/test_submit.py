@@ -86,8 +86,8 @@ def test_submit_follow_status_logs_cancel(sandbox: SandboxInfo, cli_env: dict[st
 def test_submit_human_output_has_phases_and_snippets(sandbox: SandboxInfo,
                                                      cli_env: dict[str, str],
                                                      model_dir: Path) -> None:
-    done = _cli("submit", "--cluster", str(sandbox.profile_path), "--nodes", "2", "--", "--model-path",
-                str(model_dir), "--tp", "2", env=cli_env)
+    done = _cli("submit", "--cluster", str(sandbox.profile_path), "--nodes", "2", "--",
+                "--model-path", str(model_dir), "--tp", "2", env=cli_env)
     job_id = json.loads(_cli("list", "--json", env=cli_env).stdout)[0]["job_id"]
     try:
         assert done.returncode == 0, done.stderr

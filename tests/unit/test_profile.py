@@ -86,7 +86,7 @@ def test_extends_cycle_is_an_error(tmp_path: Path) -> None:
 
 
 def test_unknown_builtin_lists_known() -> None:
-    with pytest.raises(ProfileError, match="known: .*aws-p5-efa"):
+    with pytest.raises(ProfileError, match=r"known: .*aws-p5-efa"):
         load_profile("aws-p9")
 
 
