@@ -1,0 +1,146 @@
+"""The rendered script's failure-handling functions, run in bash with the rest stubbed out."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from slurm_sglang.profile import ClusterProfile, load_profile, merge_profile_data
+from slurm_sglang.render import render_script
+
+# Every function of the script, without its last line (`main "$@"`).
+PRELUDE = 'source <(sed \'$d\' "$1")\nset +e\nshift\n'
+
+
+def _script(tmp_path: Path, name: str, **overrides: Any) -> Path:
+    data = merge_profile_data(load_profile("default").model_dump(), overrides)
+    path = tmp_path / f"{name}.sbatch"
+    path.write_text(render_script(ClusterProfile.model_validate(data)))
+    return path
+
+
+def _bash(script: Path, body: str, *args: str, cwd: Path | None = None,
+          env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", "-c", PRELUDE + body, "test", str(script), *args],
+                          capture_output=True, text=True, timeout=60, check=False, cwd=cwd,
+                          env=env)
+
+
+def test_rank_kill_after_the_rank_exited_spares_its_own_session(tmp_path: Path) -> None:
+    script = _script(tmp_path, "none", container={"runtime": "none"})
+    # In a session of its own, as a node's supervisor is: a sibling (the router, another
+    # replica's supervisor) must outlive the kill of a rank that has already gone.
+    body = """
+sleep 30 &
+sibling=$!
+true &
+RANK_PID=$!
+wait "${RANK_PID}"
+rank_kill
+sleep 0.2
+kill -0 "${sibling}" && echo sibling-alive
+kill "${sibling}"
+echo supervisor-alive
+"""
+    done = subprocess.run(["setsid", "bash", "-c", PRELUDE + body, "test", str(script)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.stdout.split() == ["sibling-alive", "supervisor-alive"], done.stderr
+
+
+def test_rank_kill_ends_the_ranks_whole_session(tmp_path: Path) -> None:
+    script = _script(tmp_path, "none", container={"runtime": "none"})
+    body = """
+setsid bash -c 'sleep 30 & exec sleep 30' &
+RANK_PID=$!
+sleep 0.3
+child=$(pgrep -s "${RANK_PID}" -x sleep | grep -vx "${RANK_PID}" | head -n 1)
+rank_kill
+sleep 0.2
+# A killed child may linger as a zombie where nothing reaps orphans: it counts as gone.
+[[ $(ps -o stat= -p "${child}" 2>/dev/null) == [^Z]* ]] && echo child-alive || echo child-gone
+"""
+    done = subprocess.run(["setsid", "bash", "-c", PRELUDE + body, "test", str(script)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.stdout.split() == ["child-gone"], done.stderr
+
+
+DISK_CHECK = """
+df() { printf 'Filesystem 1024-blocks Used Available Capacity Mounted\\nfs 1 1 %s 1%% /\\n' "$2"; }
+runtime_check() { return 0; }
+broadcast_wanted() { return 1; }
+NODE_NAME=n SLURM_NODEID=0 MODEL_PATH=m IMAGE=i GPUS_PER_RANK=0 NODE_GPUS=
+WORKSPACE=$1 LOG_DIR=$PWD
+preflight_node
+"""
+
+
+@pytest.mark.parametrize(("gb", "free_kb", "fails"), [
+    (1e6, 10**12, True),  # rendered as 1e+06 before: bash arithmetic failed, the check passed
+    (0.5, 1000, True),  # rendered as 0.5 then cut to 0: never failed
+    (0.5, 600_000, False),
+    (0, 0, False),
+])
+def test_disk_check_compares_the_profile_number(tmp_path: Path, gb: float, free_kb: int,
+                                               fails: bool) -> None:
+    script = _script(tmp_path, "disk", preflight={"min_free_disk_gb": gb})
+    done = _bash(script, DISK_CHECK, str(free_kb), cwd=tmp_path)
+    assert ("check=disk" in done.stdout) is fails, done.stdout + done.stderr
+    assert "syntax error" not in done.stderr
+
+
+def test_json_string_escapes_every_control_character(tmp_path: Path) -> None:
+    script = _script(tmp_path, "json")
+    text = "model " + "".join(chr(code) for code in range(1, 32)) + ' \\ " \x7f é end'
+    done = _bash(script, 'json_string "$1"', text)
+    assert json.loads(done.stdout) == text, done.stdout
+
+
+def test_log_tail_reads_a_log_whose_path_looks_like_an_option(tmp_path: Path) -> None:
+    script = _script(tmp_path, "tail")
+    (tmp_path / "-5.log").write_text("one\ntwo\n")
+    done = _bash(script, 'NODE_NAME=n SLURM_NODEID=1 RANK_LOG=$1; emit_log_tail', "-5.log",
+                 cwd=tmp_path)
+    assert "option used in invalid context" not in done.stdout + done.stderr
+    assert done.stdout.splitlines() == ["@slurm-sglang log node=n rank=1 detail=one",
+                                        "@slurm-sglang log node=n rank=1 detail=two"]
+
+
+FAKE_PODMAN = """#!/bin/bash
+printf '%s\\n' "$*" >>"$CALLS"
+case "$*" in
+  "ps -a --filter label=slurm-sglang.user=me --format {{.Labels}}")
+    printf 'map[slurm-sglang.job:%s slurm-sglang.user:me]\\n' 101 101 202 303 404 ;;
+  *"ps -aq --filter label=slurm-sglang.job="*) echo "id-${4#label=slurm-sglang.job=}" ;;
+esac
+"""
+FAKE_SQUEUE = """#!/bin/bash
+case $3 in
+  101) exit 0 ;;  # finished: squeue lists nothing
+  202) echo 202 ;;  # still running
+  303) echo "slurm_load_jobs error: Invalid job id specified" >&2; exit 1 ;;
+  404) echo "slurm_load_jobs error: Unable to contact slurm controller" >&2; exit 1 ;;
+esac
+"""
+
+
+def test_preparation_removes_own_containers_of_jobs_slurm_no_longer_knows(
+        tmp_path: Path) -> None:
+    script = _script(tmp_path, "stale", container={"runtime": "podman"})
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("podman", FAKE_PODMAN), ("squeue", FAKE_SQUEUE)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    calls = tmp_path / "calls"
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "CALLS": str(calls)}
+    body = "CONTAINER_CLI=podman JOB_USER=me SLURM_JOB_ID=505; stale_containers_remove"
+    done = _bash(script, body, env=env)
+    removed = [line for line in calls.read_text().splitlines() if line.startswith("rm ")]
+    # Jobs 101 (done) and 303 (purged) go; 202 runs and 404 is unknown while SLURM is away.
+    assert removed == ["rm -f -t 0 id-101", "rm -f -t 0 id-303"], done.stderr
+    assert all("label=slurm-sglang.user=me" in line for line in calls.read_text().splitlines()
+               if line.startswith("ps "))
