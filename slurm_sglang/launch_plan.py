@@ -691,7 +691,7 @@ def _single(par: Parallelism, nodes: int, gpus_per_node: int, port: int) -> Plan
         if par.dp_attention else
         "--dp {} on one node: sglang runs data parallelism inside one server".format(par.dp)
         if par.dp > 1 else "one server spans every node of the allocation")
-    gpus = tuple(range(per_rank if gpus_per_node else 0))
+    gpus = tuple(range(per_rank))
     return Plan((Replica(0, tuple(range(nodes)), gpus, port),), False, port, nodes,
                 gpus_per_node, (reason,))
 
@@ -841,6 +841,8 @@ def shell_assignments(result: Launch) -> str:
         ("REPLICA_SPAN", str(len(placed.replicas[0].nodes))),
         ("REPLICA_NODES", ";".join(joined(r.nodes) for r in placed.replicas)),
         ("REPLICA_GPU_INDEXES", ";".join(joined(r.gpus) for r in placed.replicas)),
+        ("REPLICA_BASE_PORT", str(placed.replicas[0].port if placed.router else
+                                  placed.router_port + 1)),
         ("GPUS_PER_RANK", str(placed.gpus_per_rank)),
         ("MIN_REPLICAS", str(result.min_replicas)),
         ("PARALLELISM", "tp={} pp={} dp={} ep={}".format(par.tp, par.pp, par.dp, par.ep)),
@@ -869,9 +871,12 @@ def _str_option(args: List[str], name: str, default: str) -> str:
 
 
 def main(argv: Sequence[str]) -> int:
-    """`launch_plan.py bash|plan [--nodes N ...] -- SGLANG ARGS`: what the script runs once."""
-    if not argv or argv[0] not in ("bash", "plan"):
-        sys.stderr.write("usage: launch_plan.py bash|plan [--nodes N --gpus-per-node G "
+    """`launch_plan.py bash|plan|argv [--nodes N ...] -- SGLANG ARGS`: what the script runs once.
+
+    bash prints the plan as shell assignments, plan as the table `check` prints; argv checks
+    the arguments alone (outside an allocation, where there are no nodes to place on)."""
+    if not argv or argv[0] not in ("bash", "plan", "argv"):
+        sys.stderr.write("usage: launch_plan.py bash|plan|argv [--nodes N --gpus-per-node G "
                          "--port P ...] -- SGLANG ARGS\n")
         return 2
     mode = argv[0]
@@ -889,6 +894,11 @@ def main(argv: Sequence[str]) -> int:
         min_replicas=_int_option(options, "--min-replicas", 0),
     )
     try:
+        if mode == "argv":
+            rewritten = rewrite_argv(request.argv, request.version).argv
+            validate_argv(rewritten, request.version)
+            parse_parallelism(rewritten, request.version)
+            return 0
         result = launch(request)
     except UserInputError as exc:
         sys.stderr.write("slurm-sglang: {}\n".format(exc))

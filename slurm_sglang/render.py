@@ -17,6 +17,7 @@ from pathlib import Path
 import jinja2
 
 from slurm_sglang import __version__
+from slurm_sglang.launch_plan import LATEST_KNOWN
 from slurm_sglang.profile import (
     ClusterProfile,
     ContainerSettings,
@@ -29,8 +30,10 @@ BUILTIN_TEMPLATE_PACKAGE = "slurm_sglang.templates"
 TEMPLATE_DIR_ENV = "SLURM_SGLANG_TEMPLATE_DIR"
 MAIN_TEMPLATE = "run.sbatch.j2"
 # The NCCL check the rendered script carries in a quoted here-document, ended by this line.
-PREFLIGHT_NCCL_SOURCE = Path(__file__).resolve().parent / "preflight_nccl.py"
-PREFLIGHT_NCCL_END = "PREFLIGHT_NCCL_PY"
+PACKAGE_DIR = Path(__file__).resolve().parent
+# What the script runs beside itself, in SUPPORT_DIR_NAME/ next to it (docs/architecture.md).
+SUPPORT_DIR_NAME = "slurm-sglang"
+SUPPORT_FILES = ("launch_plan.py", "preflight_nccl.py", "data/sglang_flags_*.json")
 DEFAULT_IMAGE_NAME = "sglang-serve-latest.tar.gz"
 
 # enroot runs through pyxis and apptainer/none start processes directly; podman shares docker's.
@@ -66,7 +69,7 @@ class RenderContext:
     preflight_min_free_disk_gb: str
     preflight_nccl: bool
     preflight_nccl_min_busbw_gbps: str
-    preflight_nccl_source: str
+    sglang_version: str
     container: ContainerSettings
     fabric: FabricSettings
     router: RouterSettings
@@ -118,19 +121,11 @@ def build_context(profile: ClusterProfile, nodes: int | None = None) -> RenderCo
         preflight_min_free_disk_gb=f"{profile.preflight.min_free_disk_gb:g}",
         preflight_nccl=profile.preflight.nccl and profile.preflight.enabled,
         preflight_nccl_min_busbw_gbps=f"{profile.preflight.nccl_min_busbw_gbps:g}",
-        preflight_nccl_source=preflight_nccl_source(),
+        sglang_version=profile.sglang_version or LATEST_KNOWN,
         container=profile.container,
         fabric=profile.fabric,
         router=profile.router,
     )
-
-
-def preflight_nccl_source() -> str:
-    """preflight_nccl.py's text, checked to fit inside the script's here-document."""
-    text = PREFLIGHT_NCCL_SOURCE.read_text(encoding="utf-8")
-    if PREFLIGHT_NCCL_END in text.splitlines():
-        raise RenderError(f"{PREFLIGHT_NCCL_SOURCE.name} holds the line {PREFLIGHT_NCCL_END}")
-    return text if text.endswith("\n") else text + "\n"
 
 
 @functools.cache
@@ -204,9 +199,23 @@ def render_script(profile: ClusterProfile, nodes: int | None = None) -> str:
 
 
 def write_script(text: str, path: Path) -> None:
-    """Write a rendered script atomically and make it executable."""
+    """Write a rendered script atomically and make it executable, its support files beside it."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    write_support_dir(path.parent / SUPPORT_DIR_NAME)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.chmod(0o755)
     tmp.replace(path)
+
+
+def write_support_dir(directory: Path) -> None:
+    """Copy the files the script runs (launch_plan.py, the NCCL check, the flag tables)."""
+    if directory.is_symlink() and directory.resolve() == PACKAGE_DIR:
+        return  # the repository's sbatch/slurm-sglang is the package itself
+    for pattern in SUPPORT_FILES:
+        for source in sorted(PACKAGE_DIR.glob(pattern)):
+            target = directory / source.relative_to(PACKAGE_DIR)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.tmp")
+            tmp.write_bytes(source.read_bytes())
+            tmp.replace(target)

@@ -104,7 +104,7 @@ SUBMIT_CASES: dict[str, tuple[list[str], str]] = {
     "tp-not-a-number": (["--", "--model-path", "m", "--tp", f"$(touch {CANARY})"],
                         "is not a whole number"),
     "tp-not-dividing-nodes": (["--nodes", "2", "--", "--model-path", "m", "--tp", "3"],
-                              "must be divisible by the 2 nodes"),
+                              "is not divisible by the 2 nodes"),
     "port-not-a-number": (["--port", "abc", "--", "--model-path", "m"], "--port: 'abc'"),
     "env-bad-name": (["--env", "BAD NAME=x", "--", "--model-path", "m"], "is not a variable name"),
     "time-not-slurm": (["--time", "soon", "--", "--model-path", "m"], "is not a SLURM time"),

@@ -10,26 +10,21 @@ import pytest
 from slurm_sglang.cli import main as cli_main
 from slurm_sglang.preflight_launch import ONLY_FLAG, preflight_command
 from slurm_sglang.profile import ClusterProfile, PreflightSettings
-from slurm_sglang.render import PREFLIGHT_NCCL_END, PREFLIGHT_NCCL_SOURCE, render_script
-
-HEREDOC_START = f"IFS= read -r -d '' PREFLIGHT_NCCL_SOURCE <<'{PREFLIGHT_NCCL_END}' || true"
-
+from slurm_sglang.render import PACKAGE_DIR, SUPPORT_DIR_NAME, render_script, write_script
 
 def _script(tmp_path: Path, profile: ClusterProfile) -> Path:
     path = tmp_path / "run.sbatch"
-    path.write_text(render_script(profile))
+    write_script(render_script(profile), path)
     return path
 
 
-def test_the_script_carries_the_check_byte_for_byte(tmp_path: Path) -> None:
-    """bash reads back exactly slurm_sglang/preflight_nccl.py from the here-document."""
-    text = render_script(ClusterProfile())
-    start = text.index(HEREDOC_START)
-    end = text.index(f"\n{PREFLIGHT_NCCL_END}\n", start) + len(PREFLIGHT_NCCL_END) + 2
-    snippet = tmp_path / "snippet.sh"
-    snippet.write_text(text[start:end] + 'printf "%s" "${PREFLIGHT_NCCL_SOURCE}"\n')
-    carried = subprocess.run(["bash", str(snippet)], capture_output=True, check=True).stdout
-    assert carried == PREFLIGHT_NCCL_SOURCE.read_bytes()
+def test_the_check_ships_beside_the_script_byte_for_byte(tmp_path: Path) -> None:
+    """render -o DIR/run.sbatch writes DIR/slurm-sglang/preflight_nccl.py; no here-document."""
+    script = tmp_path / "run.sbatch"
+    write_script(render_script(ClusterProfile()), script)
+    shipped = tmp_path / SUPPORT_DIR_NAME / "preflight_nccl.py"
+    assert shipped.read_bytes() == (PACKAGE_DIR / "preflight_nccl.py").read_bytes()
+    assert "<<'" not in script.read_text()
 
 
 @pytest.mark.parametrize(
