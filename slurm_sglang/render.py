@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 import shlex
 from dataclasses import dataclass
@@ -67,6 +68,7 @@ class RenderContext:
     logs_subdir: str
     preflight_check_gpus: bool
     preflight_min_free_disk_gb: str
+    preflight_min_free_disk_kb: int
     preflight_nccl: bool
     preflight_nccl_min_busbw_gbps: str
     sglang_version: str
@@ -118,7 +120,9 @@ def build_context(profile: ClusterProfile, nodes: int | None = None) -> RenderCo
         workspace=profile.paths.workspace,
         logs_subdir=profile.paths.logs,
         preflight_check_gpus=profile.preflight.check_gpus and profile.preflight.enabled,
-        preflight_min_free_disk_gb=f"{profile.preflight.min_free_disk_gb:g}",
+        preflight_min_free_disk_gb=f"{profile.preflight.min_free_disk_gb:.1f}",
+        # GiB as whole KiB, rounded up: the script compares integers.
+        preflight_min_free_disk_kb=math.ceil(profile.preflight.min_free_disk_gb * 1048576),
         preflight_nccl=profile.preflight.nccl and profile.preflight.enabled,
         preflight_nccl_min_busbw_gbps=f"{profile.preflight.nccl_min_busbw_gbps:g}",
         sglang_version=profile.sglang_version or LATEST_KNOWN,
