@@ -14,6 +14,7 @@ from slurm_sglang.profile import ClusterProfile, load_profile
 
 # spec and plan build pydantic models at import: `render` needs neither, so they load on use.
 if TYPE_CHECKING:
+    from slurm_sglang.bench import BenchReport, BenchSettings
     from slurm_sglang.image import SavedImage
     from slurm_sglang.launch_plan import Plan
     from slurm_sglang.spec import Parallelism, ServeSpec
@@ -370,3 +371,57 @@ def tunnel(record: JobRecord, local_port: int = 0) -> Iterator[Tunnel]:
         port = int(str(view.endpoint["port"]))
         with open_tunnel(transport, head, port, local_port) as forward:
             yield forward
+
+
+def bench(
+    target: str | None,
+    types: Sequence[str] = ("throughput",),
+    settings: BenchSettings | None = None,
+    *,
+    python: str | None = None,
+    output_dir: Path | None = None,
+    plot: Path | None = None,
+    api_key: str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> BenchReport:
+    """Benchmark a ready job (id, None: the newest) or a URL with sglang's own client.
+
+    Runs `python -m sglang.benchmark.serving` once per point of each type where this runs
+    (python: one that imports sglang); files go to output_dir, else the job's logs/<job>/bench/,
+    else ./bench-results. The report says, per run, whether the validity gate passed.
+    """
+    from slurm_sglang.bench import (
+        BenchSettings,
+        find_client_python,
+        local_runner,
+        plot_report,
+        run_bench,
+    )
+    from slurm_sglang.errors import UserInputError
+    from slurm_sglang.jobs import find_record
+
+    settings = settings or BenchSettings()
+    served: dict[str, object] = {}
+    if target is not None and target.startswith(("http://", "https://")):
+        url = target
+        folder = output_dir or Path("bench-results")
+    else:
+        view = job_view(find_record(target))
+        if view.status is not JobStatus.READY or not view.endpoint:
+            raise UserInputError(f"job {view.record.job_id} is {view.status.value}, not ready; "
+                                 "give a URL or wait for `endpoint` to answer")
+        if view.record.host:
+            raise UserInputError(
+                f"job {view.record.job_id} runs on {view.record.host}: open `python -m "
+                f"slurm_sglang tunnel {view.record.job_id}` and bench its URL")
+        url = str(view.endpoint["url"])
+        folder = output_dir or Path(view.record.log_dir) / "bench"
+        served = {"job": view.record.job_id, "cluster": view.record.cluster,
+                  "sglang_args": view.record.sglang_args, "endpoint": view.endpoint}
+    client = find_client_python(python)
+    report = run_bench(url, types, settings, folder, local_runner(client), api_key=api_key,
+                       served=served, progress=progress)
+    if plot is not None:
+        report.files.append(str(plot_report(report, plot, client)))
+    return report
+

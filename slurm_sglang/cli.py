@@ -383,6 +383,63 @@ def cmd_smoke(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """sglang's serving benchmark against a job or URL; exit 1 when a run fails the gate."""
+    import os
+
+    from slurm_sglang import api
+    from slurm_sglang.bench import BENCH_TYPES, BenchSettings
+
+    types = [name for item in args.type or ["throughput"] for name in item.split(",") if name]
+    if "all" in types:
+        types = list(BENCH_TYPES)
+    settings = BenchSettings(
+        num_prompts=args.num_prompts, input_lens=_ints(args.input_len, "--input-len"),
+        output_lens=_ints(args.output_len, "--output-len"),
+        request_rates=_rates(args.request_rate),
+        concurrencies=_ints(args.concurrency, "--concurrency"), range_ratio=args.range_ratio,
+        dataset_path=args.dataset_path, backend=args.backend, model=args.model,
+        tokenizer=args.tokenizer, seed=args.seed, warmup_requests=args.warmup_requests)
+    report = api.bench(
+        args.target, types, settings, python=args.python,
+        output_dir=Path(args.output_dir) if args.output_dir else None,
+        plot=Path(args.plot) if args.plot else None,
+        api_key=os.environ.get("SLURM_SGLANG_API_KEY") or None,
+        progress=None if args.json else lambda line: print(line, file=sys.stderr, flush=True))
+    text = report.format_table()
+    if report.files:
+        text += f"\nfiles: {report.files[0]}" + "".join(
+            f"\n       {path}" for path in report.files[1:] if path.endswith(".png"))
+    _emit(args, report.to_dict(), text)
+    return 0 if report.ok else 1
+
+
+def _ints(text: str | None, name: str) -> tuple[int, ...] | None:
+    if not text:
+        return None
+    try:
+        values = tuple(int(item) for item in text.split(",") if item.strip())
+    except ValueError:
+        raise UsageError(f"{name}: {text!r} is not a comma-separated list of whole numbers") \
+            from None
+    if not values or min(values) < 1:
+        raise UsageError(f"{name}: every value must be at least 1, got {text!r}")
+    return values
+
+
+def _rates(text: str | None) -> tuple[float, ...] | None:
+    if not text:
+        return None
+    try:
+        values = tuple(float(item) for item in text.split(",") if item.strip())
+    except ValueError:
+        raise UsageError(f"--request-rate: {text!r} is not a comma-separated list of numbers "
+                         "or inf") from None
+    if not values or min(values) <= 0:
+        raise UsageError(f"--request-rate: every rate must be above 0, got {text!r}")
+    return values
+
+
 def cmd_image_save(args: argparse.Namespace) -> int:
     """Save an image as the tarball run.sbatch loads; prints its path, size and image ID."""
     from slurm_sglang import api
@@ -541,6 +598,38 @@ def build_parser() -> argparse.ArgumentParser:
     smoke.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
     smoke.add_argument("--json", action="store_true", help="print one JSON object")
     smoke.set_defaults(handler=cmd_smoke)
+
+    bench = verbs.add_parser("bench", help="sglang's serving benchmark against a job or URL")
+    bench.add_argument("target", nargs="?", metavar="JOB|URL",
+                       help="job id (default: the newest) or the server's URL")
+    bench.add_argument("--type", action="append", metavar="T[,T...]",
+                       help="throughput (default), prefill, decode, latency, concurrency, "
+                            "sharegpt, or all; repeatable")
+    bench.add_argument("--num-prompts", type=_positive_int, help="requests per run (100)")
+    bench.add_argument("--input-len", metavar="N[,N...]", help="input tokens, a sweep")
+    bench.add_argument("--output-len", metavar="N[,N...]", help="output tokens, a sweep")
+    bench.add_argument("--request-rate", metavar="R[,R...]", help="requests/s (inf: all at once)")
+    bench.add_argument("--concurrency", metavar="C[,C...]",
+                       help="max concurrency sweep (concurrency type: 1,4,16,64,256)")
+    bench.add_argument("--range-ratio", type=float,
+                       help="random lengths in [ratio*N, N] (sglang's default 0; 1: exact)")
+    bench.add_argument("--dataset-path", metavar="FILE",
+                       help="a local ShareGPT JSON (needed by sharegpt; nodes have no internet)")
+    bench.add_argument("--backend", default="sglang",
+                       help="sglang (/generate), sglang-oai, sglang-oai-chat")
+    bench.add_argument("--model", help="model name (default: the first of /v1/models)")
+    bench.add_argument("--tokenizer", metavar="DIR", help="a local tokenizer directory")
+    bench.add_argument("--seed", type=int, default=42, help="sampling seed (42, the seed's)")
+    bench.add_argument("--warmup-requests", type=int, help="sglang's warm-up requests (1)")
+    bench.add_argument("--python", metavar="PATH",
+                       help="a python that imports sglang (default: $SLURM_SGLANG_BENCH_PYTHON, "
+                            "else this one)")
+    bench.add_argument("--output-dir", metavar="DIR",
+                       help="where results go (default: the job's logs/<job>/bench/)")
+    bench.add_argument("--plot", metavar="FILE.png",
+                       help="draw latency and throughput against concurrency or size")
+    bench.add_argument("--json", action="store_true", help="print one JSON object")
+    bench.set_defaults(handler=cmd_bench)
 
     listing = verbs.add_parser("list", help="recorded jobs, newest first")
     listing.add_argument("--json", action="store_true", help="print JSON")

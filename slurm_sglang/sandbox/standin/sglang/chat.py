@@ -76,6 +76,7 @@ class ChatJob:
                 sampling.temperature,
                 sampling.seed,
                 sample,
+                ignore_eos=sampling.ignore_eos,
             )
             for sample in range(sampling.n)
         ]

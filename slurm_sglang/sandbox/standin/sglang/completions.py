@@ -74,6 +74,7 @@ class CompletionJob:
                     sampling.temperature,
                     sampling.seed,
                     sample,
+                    ignore_eos=sampling.ignore_eos,
                 )
                 check_context(generation.prompt_tokens, sampling.max_tokens, context_length)
                 generations.append(generation)

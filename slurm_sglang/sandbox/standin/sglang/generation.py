@@ -129,11 +129,17 @@ def generate(
     temperature: float,
     seed: int | None,
     sample_index: int,
+    ignore_eos: bool = False,
 ) -> Generation:
-    """Generate deterministic tokens for `prompt`; greedy (temperature 0) ignores seed and index."""
+    """Generate deterministic tokens for `prompt`; greedy (temperature 0) ignores seed and index.
+
+    ignore_eos (sglang's sampling parameter, which benchmark clients set) generates exactly
+    max_tokens, as a real model that never stops early would."""
     sampling = (seed, sample_index) if temperature > 0 else (None, 0)
     stream_seed = _digest(prompt, *sampling)
     natural_length = NATURAL_LENGTH_MIN + stream_seed % NATURAL_LENGTH_SPREAD
+    if ignore_eos and max_tokens is not None:
+        natural_length = max_tokens
     limit = natural_length if max_tokens is None else min(max_tokens, natural_length)
     tokens = [_token_at(stream_seed, position) for position in range(limit)]
     finish_reason = "stop" if max_tokens is None or natural_length <= max_tokens else "length"

@@ -165,9 +165,17 @@ class HeadHandler(_Handler):
             request = json.loads(raw or b"{}")
             if not isinstance(request, dict):
                 raise RequestError("the request body must be a JSON object")
+            if self.service.fault == "error":
+                self.reply_json(500, error_body("the stand-in was told to fail "
+                                                "(SGLANG_STANDIN_FAULT=error)", 500))
+                return
+            if self.service.fault == "no-tokens":
+                _no_tokens(request)
             self.service.count_running(+1)
             try:
                 self.service.before_forward()
+                if self.service.first_token_seconds > 0:
+                    time.sleep(self.service.first_token_seconds)
                 endpoint(request)
             finally:
                 self.service.count_running(-1)
@@ -200,6 +208,15 @@ class HeadHandler(_Handler):
             self.reply_events(job.events(self._pace))
         else:
             self.reply_json(200, job.response(self._pace))
+
+
+def _no_tokens(request: Body) -> None:
+    """SGLANG_STANDIN_FAULT=no-tokens: every API's length limit set to 0, answers stay 200."""
+    params = request.get("sampling_params")
+    request["sampling_params"] = {**(params if isinstance(params, dict) else {}),
+                                  "max_new_tokens": 0}
+    request["max_tokens"] = 0
+    request.pop("max_completion_tokens", None)
 
 
 def bind_http(host: str, port: int, handler: type[_Handler], node_name: str) -> StandinHTTPServer:

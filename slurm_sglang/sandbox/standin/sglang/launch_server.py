@@ -107,6 +107,8 @@ def run_head(args: argparse.Namespace, argv: list[str], settings: StandinSetting
     if group is not None:
         group.wait_loaded()
     service = HeadService(args, ranks, settings.token_seconds)
+    service.first_token_seconds = settings.first_token_seconds
+    service.fault = settings.fault
     if group is not None:
         head_group = group
         service.before_forward = lambda: head_group.block_on_collective(args.watchdog_timeout)

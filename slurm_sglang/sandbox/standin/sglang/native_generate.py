@@ -69,7 +69,8 @@ class GenerateJob:
         generations = []
         for text in texts:
             generation = generate(
-                text, sampling.max_tokens, sampling.stop, sampling.temperature, sampling.seed, 0
+                text, sampling.max_tokens, sampling.stop, sampling.temperature, sampling.seed, 0,
+                ignore_eos=sampling.ignore_eos,
             )
             check_context(generation.prompt_tokens, sampling.max_tokens, context_length)
             generations.append(generation)

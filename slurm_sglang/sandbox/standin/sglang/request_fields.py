@@ -28,6 +28,7 @@ class Sampling:
     temperature: float
     seed: int | None
     n: int
+    ignore_eos: bool = False
 
 
 def error_body(message: str, status: int = 400) -> Body:
@@ -79,6 +80,7 @@ def parse_sampling(body: Body, max_tokens_names: tuple[str, ...], default: int |
         temperature=float(temperature),
         seed=int_field(body, "seed", None, 0),
         n=int_field(body, "n", 1, 1) or 1,
+        ignore_eos=body.get("ignore_eos") is True,
     )
 
 

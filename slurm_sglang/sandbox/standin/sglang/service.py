@@ -27,6 +27,8 @@ class HeadService:
         self.name = served_model_name(args)
         self.context_length = int(args.context_length or DEFAULT_CONTEXT_LENGTH)
         self.token_seconds = token_seconds
+        self.first_token_seconds = 0.0
+        self.fault = ""
         self.ready = threading.Event()
         self.created = int(time.time())
         self._running_lock = threading.Lock()

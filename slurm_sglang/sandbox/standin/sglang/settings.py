@@ -1,7 +1,10 @@
 """The stand-in's own knobs, read once from the environment at start (never at import).
 
-SGLANG_STANDIN_LOAD_SECONDS (0): model loading time. SGLANG_STANDIN_WARMUP_SECONDS (0.3): the
-head's warm-up, /health 503. SGLANG_STANDIN_TOKEN_SECONDS (0): time per generated token.
+SGLANG_STANDIN_LOAD_SECONDS (0): model loading time. SGLANG_STANDIN_FIRST_TOKEN_SECONDS (0): the
+delay before a generation's first token (a prefill). SGLANG_STANDIN_FAULT (unset): `no-tokens`
+answers every generation with 0 tokens, `error` answers it with HTTP 500 (benchmark gates).
+SGLANG_STANDIN_WARMUP_SECONDS (0.3): the head's warm-up, /health 503.
+SGLANG_STANDIN_TOKEN_SECONDS (0): time per generated token.
 SGLANG_STANDIN_DIST_TIMEOUT (600): --dist-timeout's default. SGLANG_STANDIN_LOAD_BARRIER_SECONDS
 (480): wait for slow nodes. SGLANG_STANDIN_HEARTBEAT_SECONDS (1) and _HEARTBEAT_TIMEOUT (5): how
 soon a hung peer breaks the group. SGLANG_STANDIN_NUM_GPUS (unset): GPUs the node has, checked
@@ -31,6 +34,17 @@ def _seconds(environ: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+FAULTS = ("", "no-tokens", "error")
+
+
+def _fault(environ: Mapping[str, str]) -> str:
+    fault = environ.get("SGLANG_STANDIN_FAULT", "").strip()
+    if fault not in FAULTS:
+        raise ValueError(f"SGLANG_STANDIN_FAULT must be one of {', '.join(FAULTS[1:])}, "
+                         f"got {fault!r}")
+    return fault
+
+
 @dataclass(frozen=True)
 class StandinSettings:
     """Delays and timeouts that imitate a real model's timing (all in seconds)."""
@@ -38,11 +52,13 @@ class StandinSettings:
     load_seconds: float
     warmup_seconds: float
     token_seconds: float
+    first_token_seconds: float
     dist_timeout_seconds: float
     load_barrier_seconds: float
     heartbeat_interval_seconds: float
     heartbeat_timeout_seconds: float
     gpus_on_node: int | None
+    fault: str = ""
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] = os.environ) -> StandinSettings:
@@ -52,6 +68,7 @@ class StandinSettings:
             load_seconds=_seconds(environ, "SGLANG_STANDIN_LOAD_SECONDS", 0.0),
             warmup_seconds=_seconds(environ, "SGLANG_STANDIN_WARMUP_SECONDS", 0.3),
             token_seconds=_seconds(environ, "SGLANG_STANDIN_TOKEN_SECONDS", 0.0),
+            first_token_seconds=_seconds(environ, "SGLANG_STANDIN_FIRST_TOKEN_SECONDS", 0.0),
             dist_timeout_seconds=_seconds(
                 environ, "SGLANG_STANDIN_DIST_TIMEOUT", DEFAULT_DIST_TIMEOUT_SECONDS
             ),
@@ -61,4 +78,5 @@ class StandinSettings:
             heartbeat_interval_seconds=_seconds(environ, "SGLANG_STANDIN_HEARTBEAT_SECONDS", 1.0),
             heartbeat_timeout_seconds=_seconds(environ, "SGLANG_STANDIN_HEARTBEAT_TIMEOUT", 5.0),
             gpus_on_node=int(gpus_raw) if gpus_raw else None,
+            fault=_fault(environ),
         )

@@ -1,0 +1,476 @@
+"""Serving benchmarks of a running server with sglang's own client, and their validity gate.
+
+Every measurement comes from `python -m sglang.benchmark.serving` (sglang 0.5.23; the old
+`sglang.bench_serving` is its deprecated alias): this module only plans the runs, builds the
+client's argv, reads the JSONL the client writes and judges it. It never sends a request.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.util
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from slurm_sglang.errors import UserInputError
+
+CLIENT_MODULE = "sglang.benchmark.serving"
+BENCH_TYPES = ("throughput", "prefill", "decode", "latency", "concurrency", "sharegpt")
+BACKENDS = ("sglang", "sglang-oai", "sglang-oai-chat")
+# srtctl's rule, widened as the issue asks: more failures than this fraction fail the run.
+MAX_FAILED_FRACTION = 0.01
+SHAREGPT_FILE = "ShareGPT_V3_unfiltered_cleaned_split.json"
+SHAREGPT_URL = ("https://huggingface.co/datasets/anon8231489123/ShareGPT_Vicuna_unfiltered/"
+                f"resolve/main/{SHAREGPT_FILE}")
+# The seed's bench.sh: 100 prompts and seed 42 everywhere.
+SEED_NUM_PROMPTS = 100
+SEED_SEED = 42
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """What the user overrides; None keeps the seed's value for each type."""
+
+    num_prompts: int | None = None
+    input_lens: tuple[int, ...] | None = None
+    output_lens: tuple[int, ...] | None = None
+    request_rates: tuple[float, ...] | None = None
+    concurrencies: tuple[int, ...] | None = None
+    range_ratio: float | None = None
+    dataset_path: str | None = None
+    backend: str = "sglang"
+    model: str | None = None
+    tokenizer: str | None = None
+    seed: int = SEED_SEED
+    warmup_requests: int | None = None
+
+
+@dataclass(frozen=True)
+class BenchPoint:
+    """One run of sglang's client: one size, rate and concurrency of one type."""
+
+    type: str
+    label: str
+    dataset: str
+    num_prompts: int
+    input_len: int | None
+    output_len: int | None
+    request_rate: float
+    max_concurrency: int | None = None
+
+    @property
+    def x(self) -> float | None:
+        """Where the point sits on its type's sweep axis (None: the type has no axis)."""
+        return {"prefill": self.input_len, "decode": self.output_len,
+                "concurrency": self.max_concurrency}.get(self.type)
+
+
+def _rate_text(rate: float) -> str:
+    return "inf" if math.isinf(rate) else f"{rate:g}"
+
+
+def _or(values: tuple[Any, ...] | None, seed: tuple[Any, ...]) -> tuple[Any, ...]:
+    return values if values else seed
+
+
+def _random_dataset(settings: BenchSettings) -> str:
+    # sglang's `random` samples ShareGPT and downloads it when no local file is given;
+    # nodes have no internet, so integer token ids unless the user brought the file.
+    return "random" if settings.dataset_path else "random-ids"
+
+
+def plan_points(types: Sequence[str], settings: BenchSettings) -> list[BenchPoint]:
+    """The runs for these types: the seed's sizes, rates and sweeps, with overrides applied."""
+    unknown = [name for name in types if name not in BENCH_TYPES]
+    if unknown:
+        raise UserInputError(
+            f"--type: unknown {unknown[0]!r} (choose from {', '.join(BENCH_TYPES)})")
+    n = settings.num_prompts or SEED_NUM_PROMPTS
+    data = _random_dataset(settings)
+    points: list[BenchPoint] = []
+    for name in dict.fromkeys(types):
+        ins, outs = settings.input_lens, settings.output_lens
+        rates, conc = settings.request_rates, settings.concurrencies
+        if name == "throughput":
+            for i in _or(ins, (512,)):
+                for o in _or(outs, (256,)):
+                    for r in _or(rates, (math.inf,)):
+                        points.append(BenchPoint(name, f"in {i} out {o} rate {_rate_text(r)}",
+                                                 data, n, i, o, r))
+        elif name == "prefill":
+            for r in _or(rates, (4.0,)):
+                for o in _or(outs, (1,)):
+                    for i in _or(ins, (128, 512, 2048, 4096, 16384)):
+                        points.append(BenchPoint(name, f"in {i}", data, n, i, o, r))
+        elif name == "decode":
+            for r in _or(rates, (4.0,)):
+                for i in _or(ins, (128,)):
+                    for o in _or(outs, (128, 256, 512, 1024)):
+                        points.append(BenchPoint(name, f"out {o}", data, n, i, o, r))
+        elif name == "latency":
+            sizes: tuple[tuple[int, int], ...] = ((128, 128), (512, 256), (4096, 512))
+            if ins or outs:
+                sizes = tuple((i, o) for i in _or(ins, (512,)) for o in _or(outs, (256,)))
+            for r in _or(rates, (1.0,)):
+                for i, o in sizes:
+                    points.append(BenchPoint(name, f"in {i} out {o} rate {_rate_text(r)}",
+                                             data, n, i, o, r))
+        elif name == "concurrency":
+            for i in _or(ins, (512,)):
+                for o in _or(outs, (256,)):
+                    for c in _or(conc, (1, 4, 16, 64, 256)):
+                        points.append(BenchPoint(name, f"concurrency {c}", data, n, i, o,
+                                                 math.inf, c))
+        else:
+            if not settings.dataset_path:
+                raise UserInputError(
+                    f"--dataset-path: the sharegpt type needs a local {SHAREGPT_FILE} (nodes have "
+                    f"no internet); fetch it where there is ({SHAREGPT_URL}), put it on shared "
+                    "storage and pass its path")
+            for r in _or(rates, (math.inf, 4.0)):
+                points.append(BenchPoint(name, f"rate {_rate_text(r)}", "sharegpt", n,
+                                         None, _or(outs, (None,))[0], r))
+    return points
+
+
+def client_argv(point: BenchPoint, base_url: str, output_file: str,
+                settings: BenchSettings) -> list[str]:
+    """The arguments after `python` for sglang's client: one run, its JSONL to output_file."""
+    argv = ["-m", CLIENT_MODULE, "--backend", settings.backend, "--base-url", base_url,
+            "--dataset-name", point.dataset, "--num-prompts", str(point.num_prompts),
+            "--request-rate", _rate_text(point.request_rate), "--seed", str(settings.seed),
+            "--output-file", output_file,
+            # Per-request errors, texts and lengths: the validity gate reads them.
+            "--output-details", "--disable-tqdm"]
+    if settings.dataset_path:
+        argv += ["--dataset-path", settings.dataset_path]
+    if point.dataset.startswith("random"):
+        argv += ["--random-input-len", str(point.input_len),
+                 "--random-output-len", str(point.output_len)]
+        if settings.range_ratio is not None:
+            argv += ["--random-range-ratio", f"{settings.range_ratio:g}"]
+    elif point.output_len is not None:
+        argv += ["--sharegpt-output-len", str(point.output_len)]
+    if point.max_concurrency is not None:
+        argv += ["--max-concurrency", str(point.max_concurrency)]
+    if settings.model:
+        argv += ["--model", settings.model]
+    if settings.tokenizer:
+        argv += ["--tokenizer", settings.tokenizer]
+    if settings.warmup_requests is not None:
+        argv += ["--warmup-requests", str(settings.warmup_requests)]
+    return argv
+
+
+@dataclass
+class BenchRun:
+    """One point's outcome: sglang's numbers, and whether they may be reported as a success."""
+
+    point: BenchPoint
+    argv: list[str]
+    exit_code: int
+    result: dict[str, Any] = field(default_factory=dict)
+    failed: int = 0
+    answered_without_tokens: int = 0
+    output_tokens: int = 0
+    reasons: list[str] = field(default_factory=list)
+    client_tail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """True when the gate found nothing wrong."""
+        return not self.reasons
+
+    def metric(self, name: str) -> float | None:
+        """One of sglang's result fields as a number (None when absent)."""
+        value = self.result.get(name)
+        return float(value) if isinstance(value, (int, float)) else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The run for JSON: the point, the exact client argv, the verdict and sglang's result."""
+        details = ("input_lens", "output_lens", "ttfts", "itls", "generated_texts", "errors")
+        return {
+            "type": self.point.type, "label": self.point.label, "x": self.point.x,
+            "point": {**self.point.__dict__, "request_rate": _rate_text(self.point.request_rate)},
+            "argv": ["python", *self.argv], "exit_code": self.exit_code, "ok": self.ok,
+            "reasons": self.reasons, "failed": self.failed,
+            "answered_without_tokens": self.answered_without_tokens,
+            "output_tokens": self.output_tokens,
+            "result": {k: v for k, v in self.result.items() if k not in details},
+        }
+
+
+def judge(run: BenchRun, expected_output_len: int | None = None) -> BenchRun:
+    """The validity gate: fills failed/output_tokens/reasons from the client's result.
+
+    bench_serving's own totals are not enough: its sglang backend reports the requested
+    length for a stream that carried no text, and counts a 200 whose stream stopped short as a
+    success. So the gate reads each request: its error, text and length.
+    """
+    result, point = run.result, run.point
+    if not result:
+        last = run.client_tail.strip().splitlines()[-1:] or ["no output"]
+        run.reasons.append(f"sglang's client wrote no result (exit {run.exit_code}): {last[0]}")
+        run.failed = point.num_prompts
+        return run
+    errors = list(result.get("errors") or [])
+    texts = list(result.get("generated_texts") or [])
+    lens = list(result.get("output_lens") or [])
+    sent = len(errors) or point.num_prompts
+    server_errors = [e for e in errors if e and not e.lstrip().startswith("Traceback")]
+    answered = [i for i, e in enumerate(errors) if not e]
+    empty = [i for i in answered if i < len(texts) and not texts[i]]
+    short = []
+    if expected_output_len is not None:
+        short = [i for i in answered if i not in empty and i < len(lens)
+                 and lens[i] < expected_output_len]
+    run.answered_without_tokens = len(empty)
+    run.output_tokens = sum(int(lens[i]) for i in answered
+                            if i not in empty and i < len(lens) and lens[i])
+    run.failed = sent - len(answered) + len(empty) + len(short)
+    completed = int(result.get("completed") or 0)
+    if completed == 0 or len(answered) == 0:
+        run.reasons.append("0 requests completed")
+    if run.output_tokens == 0:
+        run.reasons.append("0 output tokens")
+    elif empty:
+        run.reasons.append(f"{len(empty)} requests answered without a token")
+    if server_errors:
+        first = " ".join(server_errors[0].split())[:160]
+        run.reasons.append(f"{len(server_errors)} server errors, first: {first}")
+    if short:
+        run.reasons.append(f"{len(short)} streams ended before their {expected_output_len} "
+                           "tokens (no final chunk)")
+    if run.failed > MAX_FAILED_FRACTION * sent and not run.reasons:
+        run.reasons.append(f"{run.failed}/{sent} requests failed (more than "
+                           f"{MAX_FAILED_FRACTION:.0%})")
+    if run.exit_code != 0 and not run.reasons:
+        run.reasons.append(f"sglang's client exited {run.exit_code}")
+    return run
+
+
+Runner = Callable[[Sequence[str], Mapping[str, str]], "subprocess.CompletedProcess[str]"]
+
+
+def local_runner(python: str, timeout: float | None = None) -> Runner:
+    """Run the client with this python where the CLI runs."""
+    def run(argv: Sequence[str], env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([python, *argv], env=dict(env), capture_output=True, text=True,
+                              timeout=timeout, check=False)
+    return run
+
+
+def find_client_python(python: str | None = None) -> str:
+    """A python that imports sglang: the one given, $SLURM_SGLANG_BENCH_PYTHON, or the CLI's."""
+    chosen = python or os.environ.get("SLURM_SGLANG_BENCH_PYTHON")
+    if chosen:
+        if not Path(chosen).is_file():
+            raise UserInputError(f"--python: {chosen} does not exist")
+        return chosen
+    if importlib.util.find_spec("sglang") is None:
+        raise UserInputError(
+            "--python: sglang is not importable here; give a python that has it (--python or "
+            "SLURM_SGLANG_BENCH_PYTHON), e.g. tests/sglang_bench/install.sh's")
+    return sys.executable
+
+
+def client_env(api_key: str | None, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The client's environment: the key travels as OPENAI_API_KEY, never on a command line."""
+    env = dict(os.environ if base is None else base)
+    env.pop("API_KEY", None)
+    env.pop("OPENAI_API_KEY", None)
+    if api_key:
+        env["OPENAI_API_KEY"] = api_key
+    # Offline nodes: a hub lookup would hang on DNS before failing.
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("TRANSFORMERS_OFFLINE", "1")
+    return env
+
+
+def _read_result(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    if not lines:
+        return {}
+    loaded = json.loads(lines[-1])
+    return loaded if isinstance(loaded, dict) else {}
+
+
+@dataclass
+class BenchReport:
+    """Every run of one `bench` call, what was served, and where the files went."""
+
+    url: str
+    served: dict[str, Any]
+    runs: list[BenchRun]
+    started: str
+    files: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when every run passed the validity gate."""
+        return bool(self.runs) and all(run.ok for run in self.runs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The whole report for JSON."""
+        return {"ok": self.ok, "url": self.url, "started": self.started, "served": self.served,
+                "files": self.files, "runs": [run.to_dict() for run in self.runs]}
+
+    def format_table(self) -> str:
+        """A table per type: latencies at p50/p90/p99, throughput, failures; then the verdict."""
+        lines: list[str] = []
+        for name in dict.fromkeys(run.point.type for run in self.runs):
+            runs = [run for run in self.runs if run.point.type == name]
+            lines += [f"{name}:", _table(runs), ""]
+        bad = [run for run in self.runs if not run.ok]
+        for run in bad:
+            lines.append(f"FAILED {run.point.type} ({run.point.label}): {'; '.join(run.reasons)}")
+        verdict = "ok" if self.ok else "FAILED"
+        lines.append(f"bench: {verdict}, {len(self.runs) - len(bad)}/{len(self.runs)} runs valid "
+                     f"against {self.url}")
+        return "\n".join(lines)
+
+
+_COLUMNS = (("TTFT ms", "ttft"), ("ITL ms", "itl"), ("TPOT ms", "tpot"))
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _table(runs: Sequence[BenchRun]) -> str:
+    header = ["run", "sent", "failed"]
+    for title, _ in _COLUMNS:
+        header += [f"{title} p50", "p90", "p99"]
+    header += ["out tok/s", "total tok/s", "req/s"]
+    rows = [header]
+    for run in runs:
+        row = [run.point.label, str(run.point.num_prompts), str(run.failed)]
+        for _, key in _COLUMNS:
+            row += [_ms(run.metric(f"median_{key}_ms")), _ms(run.metric(f"p90_{key}_ms")),
+                    _ms(run.metric(f"p99_{key}_ms"))]
+        row += [_ms(run.metric("output_throughput")), _ms(run.metric("total_throughput")),
+                f"{run.metric('request_throughput') or 0:.2f}"]
+        rows.append(row)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = []
+    for row in rows:
+        cells = [cell.ljust(w) if i == 0 else cell.rjust(w)
+                 for i, (cell, w) in enumerate(zip(row, widths, strict=True))]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def run_bench(url: str, types: Sequence[str], settings: BenchSettings, out_dir: Path,
+              runner: Runner, *, api_key: str | None = None,
+              served: Mapping[str, Any] | None = None,
+              progress: Callable[[str], None] | None = None) -> BenchReport:
+    """Run every point through sglang's client, judge each, save them under out_dir."""
+    if settings.backend not in BACKENDS:
+        raise UserInputError(f"--backend: {settings.backend!r} is not one of {', '.join(BACKENDS)}")
+    if settings.dataset_path and not Path(settings.dataset_path).is_file():
+        raise UserInputError(
+            f"--dataset-path: {settings.dataset_path} does not exist; fetch {SHAREGPT_FILE} where "
+            f"there is internet ({SHAREGPT_URL}) and put it there")
+    points = plan_points(types, settings)
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    env = client_env(api_key)
+    report = BenchReport(url.rstrip("/"), dict(served or {}), [], stamp)
+    for number, point in enumerate(points, 1):
+        jsonl = out_dir / f"{stamp}-{number:02d}-{point.type}.jsonl"
+        jsonl.unlink(missing_ok=True)
+        argv = client_argv(point, report.url, str(jsonl), settings)
+        if progress:
+            progress(f"[{number}/{len(points)}] {point.type}: {point.label}")
+        done = runner(argv, env)
+        run = BenchRun(point, argv, done.returncode, _read_result(jsonl),
+                       client_tail=(done.stdout or "")[-4000:] + (done.stderr or "")[-4000:])
+        exact = (point.dataset.startswith("random") and settings.range_ratio == 1.0)
+        report.runs.append(judge(run, point.output_len if exact else None))
+        report.files.append(str(jsonl))
+        log = jsonl.with_suffix(".log")
+        log.write_text(f"$ python {shlex.join(argv)}\n{done.stdout or ''}{done.stderr or ''}")
+    summary = out_dir / f"{stamp}.json"
+    report.files.insert(0, str(summary))
+    summary.write_text(json.dumps(report.to_dict(), indent=2, default=str) + "\n")
+    return report
+
+
+def plot_report(report: BenchReport, path: Path, python: str | None = None) -> Path:
+    """Draw the report's sweeps into path (PNG), with matplotlib from this python or `python`.
+
+    matplotlib is optional here; the python that runs sglang's client often has it, so the
+    picture is drawn there when this one lacks it.
+    """
+    summary = Path(report.files[0])
+    if importlib.util.find_spec("matplotlib") is not None or python is None:
+        return plot_summary(summary, path)
+    package_root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": package_root, "MPLBACKEND": "Agg"}
+    done = subprocess.run(
+        [python, "-c", "import sys; from slurm_sglang.bench import plot_summary; "
+         "plot_summary(*map(__import__('pathlib').Path, sys.argv[1:]))", str(summary), str(path)],
+        env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise UserInputError(f"--plot: {last}")
+    return path
+
+
+_AXIS_NAMES = {"concurrency": "max concurrency", "prefill": "input tokens",
+               "decode": "output tokens"}
+
+
+def plot_summary(summary: Path, path: Path) -> Path:
+    """Latency and throughput against each swept axis of a saved report, one column per type."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UserInputError("--plot: needs matplotlib (pip install matplotlib)") from None
+    data = json.loads(summary.read_text())
+    runs = [run for run in data["runs"] if run["ok"] and run["x"] is not None]
+    swept = [name for name in _AXIS_NAMES if any(run["type"] == name for run in runs)]
+    if not swept:
+        raise UserInputError("--plot: no valid run of concurrency, prefill or decode to draw")
+    figure, axes = plt.subplots(2, len(swept), figsize=(5.5 * len(swept), 7), squeeze=False)
+    for column, name in enumerate(swept):
+        points = sorted((run for run in runs if run["type"] == name), key=lambda run: run["x"])
+        xs = [run["x"] for run in points]
+        top, bottom = axes[0][column], axes[1][column]
+        for key, style in (("median_ttft_ms", "o-"), ("p99_ttft_ms", "o--"),
+                           ("median_itl_ms", "s-"), ("median_e2e_latency_ms", "^-")):
+            top.plot(xs, [run["result"].get(key) for run in points], style,
+                     label=key.removesuffix("_ms"))
+        top.set_ylabel("ms")
+        top.set_title(f"{name}: latency")
+        top.legend(fontsize=8)
+        for key, style in (("output_throughput", "o-"), ("total_throughput", "s--")):
+            bottom.plot(xs, [run["result"].get(key) for run in points], style, label=key)
+        bottom.set_ylabel("tokens/s")
+        bottom.set_xlabel(_AXIS_NAMES[name])
+        bottom.set_title(f"{name}: throughput")
+        bottom.legend(fontsize=8)
+        for axis in (top, bottom):
+            # Sweeps grow by factors (1, 4, 16...): a log axis spaces them evenly.
+            if len(xs) > 2 and max(xs) / max(min(xs), 1) >= 16:
+                axis.set_xscale("log", base=2)
+            axis.grid(True, alpha=0.3)
+    figure.suptitle(f"sglang serving benchmark, {data['url']} ({data['started']})", fontsize=9)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

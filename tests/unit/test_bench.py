@@ -1,0 +1,212 @@
+"""bench: the seed's plan, sglang's client argv, the validity gate and the report, with the client
+faked (it writes the JSONL sglang's client would)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from slurm_sglang.bench import (
+    BenchPoint,
+    BenchRun,
+    BenchSettings,
+    client_argv,
+    client_env,
+    judge,
+    plan_points,
+    run_bench,
+)
+from slurm_sglang.cli import main
+from slurm_sglang.errors import UserInputError
+
+
+def _labels(types: Sequence[str], **overrides: Any) -> list[str]:
+    return [p.label for p in plan_points(types, BenchSettings(**overrides))]
+
+
+def test_the_seeds_sizes_rates_and_sweeps_are_the_defaults() -> None:
+    points = plan_points(["throughput", "prefill", "decode", "latency", "concurrency"],
+                         BenchSettings())
+    by_type: dict[str, list[BenchPoint]] = {}
+    for point in points:
+        by_type.setdefault(point.type, []).append(point)
+    assert [(p.input_len, p.output_len, p.request_rate) for p in by_type["throughput"]] == [
+        (512, 256, math.inf)]
+    assert [(p.input_len, p.output_len, p.request_rate) for p in by_type["prefill"]] == [
+        (n, 1, 4.0) for n in (128, 512, 2048, 4096, 16384)]
+    assert [(p.input_len, p.output_len, p.request_rate) for p in by_type["decode"]] == [
+        (128, n, 4.0) for n in (128, 256, 512, 1024)]
+    assert [(p.input_len, p.output_len, p.request_rate) for p in by_type["latency"]] == [
+        (128, 128, 1.0), (512, 256, 1.0), (4096, 512, 1.0)]
+    assert [(p.max_concurrency, p.request_rate) for p in by_type["concurrency"]] == [
+        (c, math.inf) for c in (1, 4, 16, 64, 256)]
+    assert {p.num_prompts for p in points} == {100}
+    # No internet on nodes: never sglang's `random`, which downloads ShareGPT.
+    assert {p.dataset for p in points} == {"random-ids"}
+
+
+def test_overrides_replace_the_seeds_sweeps() -> None:
+    assert _labels(["concurrency"], concurrencies=(2, 8)) == ["concurrency 2", "concurrency 8"]
+    assert _labels(["prefill"], input_lens=(64, 256)) == ["in 64", "in 256"]
+    assert _labels(["throughput"], request_rates=(2.0, math.inf)) == [
+        "in 512 out 256 rate 2", "in 512 out 256 rate inf"]
+    assert _labels(["latency"], input_lens=(32,), output_lens=(8,)) == ["in 32 out 8 rate 1"]
+
+
+def test_sharegpt_needs_a_local_file_and_says_where_to_get_it() -> None:
+    with pytest.raises(UserInputError, match=r"^--dataset-path: .*huggingface\.co"):
+        plan_points(["sharegpt"], BenchSettings())
+    points = plan_points(["sharegpt", "throughput"], BenchSettings(dataset_path="/d/sg.json"))
+    assert [(p.dataset, p.request_rate) for p in points] == [
+        ("sharegpt", math.inf), ("sharegpt", 4.0), ("random", math.inf)]
+
+
+def test_unknown_type_is_refused() -> None:
+    with pytest.raises(UserInputError, match=r"^--type: unknown 'speed'"):
+        plan_points(["speed"], BenchSettings())
+
+
+def test_client_argv_is_sglangs_own_module_with_every_setting() -> None:
+    point = BenchPoint("concurrency", "concurrency 4", "random-ids", 20, 64, 32, math.inf, 4)
+    settings = BenchSettings(range_ratio=1.0, model="m", tokenizer="/tok", warmup_requests=2)
+    argv = client_argv(point, "http://h:1", "/o/r.jsonl", settings)
+    assert argv[:2] == ["-m", "sglang.benchmark.serving"]
+    joined = " ".join(argv)
+    for part in ("--backend sglang", "--base-url http://h:1", "--dataset-name random-ids",
+                 "--num-prompts 20", "--request-rate inf", "--seed 42",
+                 "--output-file /o/r.jsonl", "--output-details", "--random-input-len 64",
+                 "--random-output-len 32", "--random-range-ratio 1", "--max-concurrency 4",
+                 "--model m", "--tokenizer /tok", "--warmup-requests 2"):
+        assert part in joined
+
+
+def test_the_api_key_travels_in_the_environment_only() -> None:
+    env = client_env("sekret", {"API_KEY": "other", "PATH": "/bin"})
+    assert env["OPENAI_API_KEY"] == "sekret" and "API_KEY" not in env
+    point = BenchPoint("throughput", "t", "random-ids", 1, 1, 1, 1.0)
+    assert "sekret" not in " ".join(client_argv(point, "http://h", "/o", BenchSettings()))
+
+
+def _result(n: int, out: int, errors: list[str] | None = None,
+            texts: list[str] | None = None, lens: list[int] | None = None) -> dict[str, Any]:
+    errors = errors if errors is not None else [""] * n
+    texts = texts if texts is not None else ["x"] * n
+    lens = lens if lens is not None else [out] * n
+    completed = sum(1 for e in errors if not e)
+    return {"completed": completed, "total_output_tokens": sum(lens), "median_ttft_ms": 10.0,
+            "p90_ttft_ms": 11.0, "p99_ttft_ms": 12.0, "output_throughput": 100.0,
+            "request_throughput": 2.0, "total_throughput": 300.0, "errors": errors,
+            "generated_texts": texts, "output_lens": lens}
+
+
+def _run(result: dict[str, Any], n: int = 10, exit_code: int = 0) -> BenchRun:
+    point = BenchPoint("throughput", "t", "random-ids", n, 8, 4, math.inf)
+    return BenchRun(point, [], exit_code, result)
+
+
+def test_gate_passes_a_clean_run_and_counts_tokens() -> None:
+    run = judge(_run(_result(10, 4)), expected_output_len=4)
+    assert run.ok and run.output_tokens == 40 and run.failed == 0
+
+
+def test_gate_fails_zero_completed_and_zero_tokens() -> None:
+    run = judge(_run(_result(10, 4, errors=["Traceback boom"] * 10)))
+    assert not run.ok and "0 requests completed" in run.reasons
+    assert "0 output tokens" in run.reasons
+
+
+def test_gate_fails_a_200_without_tokens_that_sglang_counts_as_full_length() -> None:
+    # bench_serving's sglang backend keeps the requested length when no text ever came.
+    run = judge(_run(_result(10, 4, texts=[""] * 10)))
+    assert not run.ok and run.output_tokens == 0 and run.answered_without_tokens == 10
+    assert "0 output tokens" in run.reasons
+
+
+def test_gate_fails_any_server_error_and_more_than_one_percent_failed() -> None:
+    errors = [""] * 199 + ["Internal Server Error: boom"]
+    run = judge(_run(_result(200, 4, errors=errors), n=200))
+    assert not run.ok and run.reasons[0].startswith("1 server errors, first: Internal Server")
+    client_side = [""] * 197 + ["Traceback (most recent call last): timeout"] * 3
+    assert not judge(_run(_result(200, 4, errors=client_side), n=200)).ok
+    one = [""] * 199 + ["Traceback (most recent call last): timeout"]
+    assert judge(_run(_result(200, 4, errors=one), n=200)).ok
+
+
+def test_gate_fails_streams_that_stop_short_when_lengths_are_exact() -> None:
+    run = judge(_run(_result(10, 4, lens=[4] * 9 + [2])), expected_output_len=4)
+    assert not run.ok and "1 streams ended before their 4 tokens" in run.reasons[0]
+
+
+def test_gate_fails_a_client_that_wrote_nothing() -> None:
+    run = _run({}, exit_code=1)
+    run.client_tail = "ValueError: Warmup failed - Error: Internal Server Error\n"
+    judge(run)
+    assert run.reasons == ["sglang's client wrote no result (exit 1): ValueError: Warmup failed "
+                           "- Error: Internal Server Error"]
+
+
+class FakeClient:
+    """Stands in for subprocess: records argv and env, writes sglang's JSONL line."""
+
+    def __init__(self, tokens: int = 4, texts: str = "x") -> None:
+        self.calls: list[tuple[list[str], dict[str, str]]] = []
+        self.tokens = tokens
+        self.texts = texts
+
+    def __call__(self, argv: Sequence[str], env: Mapping[str, str]) -> Any:
+        import subprocess
+
+        self.calls.append((list(argv), dict(env)))
+        n = int(argv[argv.index("--num-prompts") + 1])
+        path = Path(argv[argv.index("--output-file") + 1])
+        result = _result(n, self.tokens, texts=[self.texts] * n)
+        path.write_text(json.dumps(result) + "\n")
+        return subprocess.CompletedProcess(argv, 0, "client output\n", "")
+
+
+def test_run_bench_saves_every_run_and_prints_a_table_per_type(tmp_path: Path) -> None:
+    client = FakeClient()
+    settings = BenchSettings(num_prompts=5, concurrencies=(1, 4), input_lens=(8,),
+                             output_lens=(4,), range_ratio=1.0)
+    report = run_bench("http://h:1/", ["throughput", "concurrency"], settings, tmp_path, client,
+                       api_key="k", served={"job": "7"})
+    assert report.ok and len(client.calls) == 3
+    assert all(env["OPENAI_API_KEY"] == "k" for _, env in client.calls)
+    table = report.format_table()
+    assert table.splitlines()[0] == "throughput:"
+    assert "concurrency:" in table and "TTFT ms p50" in table
+    assert table.splitlines()[-1] == "bench: ok, 3/3 runs valid against http://h:1"
+    saved = json.loads(Path(report.files[0]).read_text())
+    assert saved["served"] == {"job": "7"} and saved["ok"]
+    assert saved["runs"][1]["argv"][:3] == ["python", "-m", "sglang.benchmark.serving"]
+    assert "errors" not in saved["runs"][0]["result"]
+    assert len(list(tmp_path.glob("*.jsonl"))) == 3 and len(list(tmp_path.glob("*.log"))) == 3
+
+
+def test_run_bench_reports_failure_when_the_server_sent_no_tokens(tmp_path: Path) -> None:
+    report = run_bench("http://h", ["throughput"], BenchSettings(num_prompts=3), tmp_path,
+                       FakeClient(texts=""))
+    assert not report.ok
+    assert report.format_table().splitlines()[-1].startswith("bench: FAILED, 0/1 runs valid")
+
+
+@pytest.mark.parametrize(("argv", "field"), [
+    (["--type", "nope"], "--type"),
+    (["--concurrency", "1,x"], "--concurrency"),
+    (["--input-len", "0"], "--input-len"),
+    (["--request-rate", "-1"], "--request-rate"),
+    (["--type", "sharegpt"], "--dataset-path"),
+    (["--backend", "vllm"], "--backend"),
+])
+def test_bad_input_is_one_line_naming_the_field_and_exit_2(
+        argv: list[str], field: str, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code = main(["bench", "http://127.0.0.1:9", "--python", "/bin/sh", "--output-dir",
+                 str(tmp_path), *argv])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith(f"slurm-sglang: error: {field}")
