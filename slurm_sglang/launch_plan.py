@@ -585,6 +585,8 @@ class Plan(NamedTuple):
     nodes: int
     gpus_per_node: int
     reasons: Tuple[str, ...]
+    # Where sglang-router serves Prometheus metrics; None without a router.
+    router_metrics_port: Optional[int] = None
 
     @property
     def idle_nodes(self) -> Tuple[int, ...]:
@@ -609,6 +611,8 @@ class Plan(NamedTuple):
                          ",".join(str(gpu) for gpu in replica.gpus) or "-", str(replica.port)))
         if self.router:
             rows.append(("router", str(self.replicas[0].head), "-", str(self.router_port)))
+            rows.append(("router metrics", str(self.replicas[0].head), "-",
+                         str(self.router_metrics_port)))
         widths = [max(len(row[column]) for row in rows) for column in range(4)]
         lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
                  for row in rows]
@@ -619,6 +623,7 @@ class Plan(NamedTuple):
         return {
             "router": self.router,
             "router_port": self.router_port if self.router else None,
+            "router_metrics_port": self.router_metrics_port if self.router else None,
             "replicas": [{"replica": r.number, "nodes": list(r.nodes), "gpus": list(r.gpus),
                           "port": r.port} for r in self.replicas],
             "reasons": list(self.reasons),
@@ -696,6 +701,16 @@ def _single(par: Parallelism, nodes: int, gpus_per_node: int, port: int) -> Plan
                 gpus_per_node, (reason,))
 
 
+def router_metrics_port(port: int, replicas: int) -> int:
+    """The router's Prometheus port: the one right after the replicas' HTTP block.
+
+    sglang-router binds 29000 unless told otherwise, a port outside every plan, so two jobs
+    with replicas on one node collided there. Placed against the block, it is checked free on
+    every node with the block and moves with it when the script finds a port of it busy.
+    """
+    return port + 1 + replicas
+
+
 def _replica_reason(par: Parallelism, port: int) -> str:
     return ("sglang refuses --dp > 1 with --nnodes > 1: {} servers of dp 1 behind sglang-router "
             "on port {}".format(par.dp, port))
@@ -723,7 +738,8 @@ def _pack(par: Parallelism, nodes: int, gpus_per_node: int, port: int) -> Plan:
         "tp*pp = {} GPUs fit one node of {}: up to {} replica(s) a node on disjoint GPUs, HTTP "
         "ports {}..{}".format(per_server, gpus_per_node, per_node, port + 1, port + par.dp),
     )
-    return _with_idle_reason(Plan(tuple(replicas), True, port, nodes, gpus_per_node, reasons))
+    return _with_idle_reason(Plan(tuple(replicas), True, port, nodes, gpus_per_node, reasons,
+                                  router_metrics_port(port, par.dp)))
 
 
 def _span(par: Parallelism, nodes: int, gpus_per_node: int, port: int) -> Plan:
@@ -751,7 +767,8 @@ def _span(par: Parallelism, nodes: int, gpus_per_node: int, port: int) -> Plan:
         "with its own head and dist-init port".format(per_server, gpus_per_node, span,
                                                       per_rank),
     )
-    return _with_idle_reason(Plan(replicas, True, port, nodes, gpus_per_node, reasons))
+    return _with_idle_reason(Plan(replicas, True, port, nodes, gpus_per_node, reasons,
+                                  router_metrics_port(port, par.dp)))
 
 
 def _with_idle_reason(placed: Plan) -> Plan:
@@ -843,6 +860,7 @@ def shell_assignments(result: Launch) -> str:
         ("REPLICA_GPU_INDEXES", ";".join(joined(r.gpus) for r in placed.replicas)),
         ("REPLICA_BASE_PORT", str(placed.replicas[0].port if placed.router else
                                   placed.router_port + 1)),
+        ("ROUTER_METRICS_PORT", str(placed.router_metrics_port or "")),
         ("GPUS_PER_RANK", str(placed.gpus_per_rank)),
         ("MIN_REPLICAS", str(result.min_replicas)),
         ("PARALLELISM", "tp={} pp={} dp={} ep={}".format(par.tp, par.pp, par.dp, par.ep)),

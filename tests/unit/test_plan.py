@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import re
 import subprocess
+from importlib import resources
 from pathlib import Path
 
 import pytest
+import yaml
 
-from slurm_sglang.launch_plan import Plan, PlanError, parse_parallelism, plan, uses_replicas
-from slurm_sglang.profile import load_profile
+from slurm_sglang.launch_plan import (
+    LaunchRequest,
+    Plan,
+    PlanError,
+    launch,
+    parse_parallelism,
+    plan,
+    shell_assignments,
+    uses_replicas,
+)
+from slurm_sglang.profile import BUILTIN_PROFILE_PACKAGE, load_profile
 from slurm_sglang.render import render_script, write_script
 
 
@@ -129,3 +140,103 @@ def test_bash_refuses_what_python_refuses(script: Path, argv: str, nodes: int) -
         _plan(argv, nodes)
     assert result.returncode == 2
     assert result.stderr == f"slurm-sglang: {refused.value}\n"
+
+
+# ---- the router's metrics port ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("argv", "nodes"), [("--tp 2 --dp 8", 2), ("--tp 16 --dp 2", 4)])
+def test_router_metrics_port_follows_the_replica_block(argv: str, nodes: int) -> None:
+    placement = _plan(argv, nodes)
+    ports = [r.port for r in placement.replicas]
+    assert placement.router_metrics_port == max(ports) + 1
+    assert placement.router_metrics_port not in (29000, placement.router_port)
+    assert placement.to_dict()["router_metrics_port"] == placement.router_metrics_port
+    row = placement.table().splitlines()[len(ports) + 2].split()
+    assert row == ["router", "metrics", "0", "-", str(placement.router_metrics_port)]
+
+
+def test_one_server_has_no_router_metrics_port() -> None:
+    placement = _plan("--tp 8 --dp 2 --enable-dp-attention", 2)
+    assert placement.router_metrics_port is None
+    assert placement.to_dict()["router_metrics_port"] is None
+    assert "metrics" not in placement.table()
+
+
+def test_shell_assignments_carry_the_router_metrics_port() -> None:
+    request = LaunchRequest(("--model-path", "m", "--tp", "8", "--dp", "2"), 2, 8, port=31000)
+    assert "ROUTER_METRICS_PORT=31003\n" in shell_assignments(launch(request))
+    single = LaunchRequest(("--model-path", "m", "--tp", "8"), 1, 8)
+    assert "ROUTER_METRICS_PORT=''\n" in shell_assignments(launch(single))
+
+
+BASH_PORTS = r"""
+source <(sed '$d' "$1")
+set +e
+SGLANG_ARGS=(--model-path m --tp 8 --dp 2)
+NODES=(n0 n1)
+CONTAINER_CLI=podman SLURM_JOB_ID=7 PORT=30000
+declare -A BUSY_PORTS=()
+for port in $2; do BUSY_PORTS[${port}]=n1; done
+replica_flag_defaults
+find_support_dir "$1"
+plan_launch 2 8
+choose_replica_ports
+printf '%s %s\n' "${REPLICA_BASE_PORT}" "${ROUTER_METRICS_PORT}"
+"""
+
+
+@pytest.mark.parametrize(("busy", "chosen"), [
+    ("", "30001 30003"), ("30003", "30004 30006"), ("30002 30005", "30006 30008"),
+])
+def test_bash_moves_the_metrics_port_with_the_replica_block(
+        script: Path, busy: str, chosen: str) -> None:
+    result = subprocess.run(["bash", "-c", BASH_PORTS, "ports", str(script), busy],
+                            capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == chosen
+
+
+BASH_ROUTER = r"""
+source <(sed '$d' "$1")
+set +e
+SGLANG_ARGS=(--model-path m --tp 8 --dp 2)
+NODES=(n0 n1)
+CONTAINER_CLI=podman SLURM_JOB_ID=7 PORT=30000
+HEALTH_TIMEOUT=60 ROUTER_LOG=$3/router.log NODE_IP_LIST=10.0.0.1,10.0.0.2
+declare -A BUSY_PORTS=()
+replica_flag_defaults
+ROUTER_POLICY=$2
+find_support_dir "$1"
+plan_launch 2 8
+choose_replica_ports
+router_launch
+wait "${ROUTER_PID}"
+"""
+
+
+@pytest.mark.parametrize("policy", ["round_robin", "power_of_two"])
+def test_router_is_started_with_the_plan_metrics_port(tmp_path: Path, policy: str) -> None:
+    # A router "venv" whose python prints the argv it was given.
+    fake = tmp_path / "bin" / "python"
+    fake.parent.mkdir()
+    fake.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
+    fake.chmod(0o755)
+    builtin = resources.files(BUILTIN_PROFILE_PACKAGE).joinpath("sandbox.yaml")
+    profile = yaml.safe_load(builtin.read_text())
+    profile["router"] = {"source": "venv", "venv": str(tmp_path)}
+    (tmp_path / "profile.yaml").write_text(yaml.safe_dump(profile))
+    script = tmp_path / "run.sbatch"
+    write_script(render_script(load_profile(str(tmp_path / "profile.yaml"))), script)
+    result = subprocess.run(["bash", "-c", BASH_ROUTER, "router", str(script), policy,
+                             str(tmp_path)], capture_output=True, text=True, timeout=30,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    argv = (tmp_path / "router.log").read_text().splitlines()
+    assert argv[argv.index("--prometheus-port") + 1] == "30003"
+    assert argv[argv.index("--prometheus-host") + 1] == argv[argv.index("--host") + 1]
+    assert argv[argv.index("--policy") + 1] == policy
+    # sglang-router refuses power_of_two at start unless it is given two workers or more.
+    urls = argv[argv.index("--worker-urls") + 1:][:2] if "--worker-urls" in argv else []
+    expected = ["http://10.0.0.1:30001", "http://10.0.0.2:30002"]
+    assert urls == (expected if policy == "power_of_two" else [])
