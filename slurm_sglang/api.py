@@ -271,6 +271,7 @@ def job_view(record: JobRecord, transport: Transport | None = None) -> JobView:
     transport = transport or _open_transport(record.host)
     try:
         queue = queue_state(transport, record.job_id)
+        check_job_files(transport, record.log_dir, ("state", "events.log", "endpoint.json"))
         state = _read_optional(transport, f"{record.log_dir}/state")
         events = _read_optional(transport, f"{record.log_dir}/events.log") or ""
         endpoint_text = _read_optional(transport, f"{record.log_dir}/endpoint.json")
@@ -280,6 +281,47 @@ def job_view(record: JobRecord, transport: Transport | None = None) -> JobView:
     status = status_from(queue, state)
     endpoint = json.loads(endpoint_text) if endpoint_text and status is JobStatus.READY else None
     return JobView(record, status, queue, read_progress(events), endpoint)
+
+
+def check_job_files(transport: Transport, log_dir: str, names: Sequence[str]) -> None:
+    """Refuse a job directory, or a file in it, that is not this user's own.
+
+    Job ids are predictable on a shared workspace: a directory another user made first, or a
+    file or link planted in it, could send `tunnel` and `smoke` (with the API key) anywhere.
+    The directory must be a real directory of the user's that no one else can write; each
+    file that exists, a regular file of the user's.
+    """
+    from slurm_sglang.errors import UserInputError
+
+    if log_dir == "~" or log_dir.startswith("~/"):
+        log_dir = transport.home() + log_dir[1:]
+    paths = [log_dir, *(f"{log_dir}/{name}" for name in names)]
+    uid = transport.run(["id", "-u"]).stdout.strip()
+    # No -L: a symbolic link is described as one, never followed.
+    listing = transport.run(["stat", "-c", "%u:%a:%F:%n", "--", *paths], check=False).stdout
+    seen: dict[str, tuple[str, int, str]] = {}
+    for line in listing.splitlines():
+        owner, mode, kind, name = [*line.split(":", 3), "", "", ""][:4]
+        seen[name] = (owner, int(mode or "0", 8), kind)
+    if log_dir not in seen:
+        return
+    for path in paths:
+        if path not in seen:
+            continue
+        owner, permissions, kind = seen[path]
+        wanted = "directory" if path == log_dir else "regular file"
+        if kind.replace("empty ", "") != wanted:
+            raise UserInputError(
+                f"{path} is a {kind}, not a {wanted}: not read (someone may have planted it); "
+                f"remove {log_dir} and resubmit")
+        if owner != uid:
+            raise UserInputError(
+                f"{path} belongs to uid {owner}, not to you (uid {uid}): not read; another "
+                f"user made it first on this workspace; submit with a --workspace of your own")
+        if path == log_dir and permissions & 0o022:
+            raise UserInputError(
+                f"{path} is writable by group or others (mode {permissions:o}): not read; "
+                f"chmod go-w {path}")
 
 
 def _read_optional(transport: Transport, path: str) -> str | None:

@@ -7,10 +7,12 @@ through one filter, ``q`` (shlex.quote), so quoting happens exactly once.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import math
 import os
 import shlex
+import stat
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -203,13 +205,57 @@ def render_script(profile: ClusterProfile, nodes: int | None = None) -> str:
 
 
 def write_script(text: str, path: Path) -> None:
-    """Write a rendered script atomically and make it executable, its support files beside it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_support_dir(path.parent / SUPPORT_DIR_NAME)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.chmod(0o755)
-    tmp.replace(path)
+    """Write a rendered script and make it executable, its support files beside it.
+
+    A regular file (or a new one) is replaced atomically. Anything else that exists is never
+    replaced: a device or a FIFO (``-o /dev/null``, ``-o /dev/stdout``) is written in place,
+    without support files; a directory is refused. Renaming a temporary file over /dev/null,
+    run as root, once left the machine without its null device.
+    """
+    from slurm_sglang.errors import UserInputError
+
+    try:
+        info: os.stat_result | None = path.stat()
+    except FileNotFoundError:
+        info = None
+    except OSError as error:
+        raise UserInputError(f"-o: cannot reach {path}: {error.strerror}") from None
+    if info is not None and stat.S_ISDIR(info.st_mode):
+        raise UserInputError(f"-o: {path} is a directory: name the script, e.g. {path}/run.sbatch")
+    if info is not None and not stat.S_ISREG(info.st_mode):
+        _write_in_place(text, path, info)
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_support_dir(path.parent / SUPPORT_DIR_NAME)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.chmod(0o755)
+        tmp.replace(path)
+    except OSError as error:
+        raise UserInputError(f"-o: cannot write {error.filename or path}: {error.strerror}; "
+                             "choose a directory you can write") from None
+
+
+def _write_in_place(text: str, path: Path, info: os.stat_result) -> None:
+    """Write into an existing device or FIFO, which stays what it is."""
+    from slurm_sglang.errors import UserInputError
+
+    flags = os.O_WRONLY
+    if stat.S_ISFIFO(info.st_mode):
+        # Nobody reading a FIFO would block the render forever: refuse instead.
+        flags |= os.O_NONBLOCK
+    try:
+        descriptor = os.open(path, flags)
+    except OSError as error:
+        reason = "no process reads it" if error.errno == errno.ENXIO else error.strerror
+        raise UserInputError(f"-o: cannot write {path}: {reason}") from None
+    try:
+        os.set_blocking(descriptor, True)
+        with os.fdopen(descriptor, "w", encoding="utf-8", closefd=False) as target:
+            target.write(text)
+    finally:
+        os.close(descriptor)
 
 
 def write_support_dir(directory: Path) -> None:

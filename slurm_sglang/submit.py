@@ -6,6 +6,7 @@ import contextlib
 import os
 import re
 import shlex
+import stat
 import subprocess
 import sys
 import time
@@ -132,7 +133,11 @@ def submit_local(request: SubmitRequest) -> JobRecord:
     script.parent.mkdir(parents=True, exist_ok=True)
     script.write_text(request.script_text)
     script.chmod(0o755)
-    folder = Path(request.workspace) / request.profile.paths.logs / "%j" / "submitit"
+    log_root = Path(request.workspace) / request.profile.paths.logs
+    with _private_umask():
+        log_root.mkdir(parents=True, exist_ok=True)
+    check_own_directory(log_root)
+    folder = log_root / "%j" / "submitit"
     # `exec` makes submitit's python the batch shell itself, so the time-limit warning
     # (--signal=B:USR2) reaches its checkpoint handler instead of killing a bash parent.
     executor = submitit.SlurmExecutor(
@@ -165,7 +170,8 @@ def submit_local(request: SubmitRequest) -> JobRecord:
         parameters["additional_parameters"][key] = value or True
     executor.update_parameters(**parameters)
     command = ServeCommand(["bash", str(script), *request.script_args], slurm.requeue)
-    with _environment(request.env):
+    # submitit's pickle, unpickled when the job starts, and the job's directory: the user's only.
+    with _environment(request.env), _private_umask():
         job = executor.submit(command)
     log_dir = Path(request.workspace) / request.profile.paths.logs / str(job.job_id)
     return JobRecord(
@@ -173,6 +179,34 @@ def submit_local(request: SubmitRequest) -> JobRecord:
         script=str(script), sglang_args=list(request.script_args), submitted_at=_now(),
         driver_log=str(job.paths.stdout), name=request.job_name,
     )
+
+
+def check_own_directory(path: Path) -> None:
+    """Refuse a directory that is a symbolic link, another user's, or writable by others.
+
+    Job ids are predictable: whoever can create ``logs/<next id>`` first receives the job's
+    files, submitit's pickle (run when the job starts) among them.
+    """
+    info = path.lstat()
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        raise UserInputError(f"--workspace: {path} is not a directory (a symbolic link?): "
+                             "remove it or choose another --workspace")
+    if info.st_uid != os.getuid():
+        raise UserInputError(f"--workspace: {path} belongs to uid {info.st_uid}, not to you: "
+                             "choose a --workspace of your own")
+    if info.st_mode & 0o022:
+        raise UserInputError(f"--workspace: {path} is writable by group or others (mode "
+                             f"{info.st_mode & 0o7777:o}): chmod go-w {path}")
+
+
+@contextlib.contextmanager
+def _private_umask() -> Iterator[None]:
+    """umask 077 while the block runs: what it creates may hold secrets."""
+    saved = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(saved)
 
 
 @contextlib.contextmanager

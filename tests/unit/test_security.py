@@ -1,0 +1,268 @@
+"""Security on a shared cluster (issue 23): other users, hostile input, devices and redirects.
+
+Tests that need a second user make ``slurm-sglang-other`` with ``useradd`` (once, and leave it)
+and act as it through ``runuser``; they skip when not run as root.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from slurm_sglang.profile import ClusterProfile, load_profile, merge_profile_data
+from slurm_sglang.render import render_script
+
+OTHER = "slurm-sglang-other"
+PRELUDE = 'source <(sed \'$d\' "$1")\nset +e\nshift\n'
+
+
+def _other_user() -> str:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to act as a second user")
+    if subprocess.run(["id", "-u", OTHER], capture_output=True, check=False).returncode:
+        subprocess.run(["useradd", "-M", "-r", "-s", "/usr/sbin/nologin", OTHER],
+                       capture_output=True, check=False)
+    done = subprocess.run(["id", "-u", OTHER], capture_output=True, text=True, check=False)
+    if done.returncode:
+        pytest.skip(f"useradd {OTHER} failed")
+    return done.stdout.strip()
+
+
+def as_other(*argv: str) -> None:
+    """Run argv as the second, unprivileged user."""
+    subprocess.run(["runuser", "-u", OTHER, "--", *argv], check=True, capture_output=True)
+
+
+@pytest.fixture
+def shared() -> Iterator[Path]:
+    """A scratch directory every user can reach (pytest's tmp_path is root's only)."""
+    _other_user()
+    folder = Path(tempfile.mkdtemp(prefix="slurm-sglang-security-", dir="/tmp"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _script(folder: Path, **overrides: Any) -> Path:
+    # fabric tcp: the script's own functions are under test, not a fabric's.
+    data = merge_profile_data(load_profile("default").model_dump(),
+                              {"fabric": {"kind": "tcp"}, **overrides})
+    path = folder / "run.sbatch"
+    path.write_text(render_script(ClusterProfile.model_validate(data)))
+    return path
+
+
+def _bash(script: Path, body: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", "-c", PRELUDE + body, "test", str(script)],
+                          capture_output=True, text=True, timeout=60, check=False,
+                          env={**os.environ, **env})
+
+
+PREPARE = ('WORKSPACE=$WS SLURM_JOB_ID=4242 TORCH_PROFILE_DIR=; prepare_log_dir; '
+           'echo "prepared ${LOG_DIR}"\n')
+
+
+def _planted(shared: Path) -> tuple[Path, Path]:
+    """logs/4242 made by the other user, events.log in it a link to the victim's file."""
+    logs = shared / "ws" / load_profile("default").paths.logs
+    logs.mkdir(parents=True)
+    logs.chmod(0o777)
+    victim = shared / "victim.txt"
+    victim.write_text("precious\n")
+    victim.chmod(0o666)
+    as_other("mkdir", "-m", "777", str(logs / "4242"))
+    as_other("ln", "-s", str(victim), str(logs / "4242" / "events.log"))
+    return logs, victim
+
+
+# ---- 1. someone else's job directory ----------------------------------------------------------
+
+
+def test_script_refuses_a_job_directory_another_user_made(shared: Path) -> None:
+    logs, victim = _planted(shared)
+    logs.chmod(0o755)
+    script = _script(shared)
+    done = _bash(script, PREPARE, WS=str(shared / "ws"))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "not to you" in done.stderr and "--workspace" in done.stderr
+    assert victim.read_text() == "precious\n"
+
+
+def test_script_refuses_a_logs_directory_others_can_write(shared: Path) -> None:
+    _logs, victim = _planted(shared)
+    done = _bash(_script(shared), PREPARE, WS=str(shared / "ws"))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "not to you" in done.stderr or "writable by group or others" in done.stderr
+    assert victim.read_text() == "precious\n"
+
+
+def test_script_refuses_a_job_directory_that_is_a_link(shared: Path) -> None:
+    logs = shared / "ws" / load_profile("default").paths.logs
+    logs.mkdir(parents=True)
+    elsewhere = shared / "elsewhere"
+    elsewhere.mkdir()
+    (logs / "4242").symlink_to(elsewhere)
+    done = _bash(_script(shared), PREPARE, WS=str(shared / "ws"))
+    assert done.returncode == 2 and "symbolic link" in done.stderr, done.stderr
+    assert not list(elsewhere.iterdir())
+
+
+def test_script_keeps_its_own_directory_private(shared: Path) -> None:
+    # submitit made logs/<job>/submitit with the user's umask before the job started.
+    logs = shared / "ws" / load_profile("default").paths.logs
+    (logs / "4242" / "submitit").mkdir(parents=True)
+    (logs / "4242").chmod(0o755)
+    body = PREPARE + ': >"${LOG_DIR}/rank-0-n.log"\n'
+    done = _bash(_script(shared), body, WS=str(shared / "ws"))
+    assert done.returncode == 0, done.stderr
+    assert stat.S_IMODE((logs / "4242").stat().st_mode) == 0o700
+    for name in ("events.log", "state", "rank-0-n.log"):
+        assert stat.S_IMODE((logs / "4242" / name).stat().st_mode) == 0o600, name
+
+
+def _record(log_dir: Path) -> Any:
+    from slurm_sglang.jobs import JobRecord
+
+    return JobRecord(job_id="4242", cluster="default", log_dir=str(log_dir), script="s",
+                     sglang_args=[], submitted_at="2026-01-01T00:00:00")
+
+
+@pytest.mark.parametrize("name", ["endpoint.json", "state"])
+def test_readers_refuse_a_file_another_user_owns(shared: Path, name: str) -> None:
+    from slurm_sglang.api import check_job_files
+    from slurm_sglang.errors import UserInputError
+    from slurm_sglang.transport.local import LocalTransport
+
+    job = shared / "4242"
+    job.mkdir(mode=0o777)
+    job.chmod(0o777)
+    as_other("sh", "-c", f'echo \'{{"url": "http://evil:1"}}\' > {job}/{name}')
+    job.chmod(0o700)
+    with pytest.raises(UserInputError, match="not to you"):
+        check_job_files(LocalTransport(), str(job), ("state", "events.log", "endpoint.json"))
+
+
+def test_readers_refuse_a_job_directory_another_user_owns(shared: Path) -> None:
+    from slurm_sglang.api import check_job_files
+    from slurm_sglang.errors import UserInputError
+    from slurm_sglang.transport.local import LocalTransport
+
+    shared.chmod(0o777)
+    as_other("mkdir", "-m", "700", str(shared / "4242"))
+    with pytest.raises(UserInputError, match="not to you"):
+        check_job_files(LocalTransport(), str(shared / "4242"), ("endpoint.json",))
+
+
+def test_readers_refuse_a_link_planted_for_endpoint(shared: Path) -> None:
+    from slurm_sglang.api import check_job_files
+    from slurm_sglang.errors import UserInputError
+    from slurm_sglang.transport.local import LocalTransport
+
+    (shared / "4242").mkdir(mode=0o700)
+    (shared / "forged.json").write_text('{"url": "http://evil:1"}')
+    (shared / "4242" / "endpoint.json").symlink_to(shared / "forged.json")
+    with pytest.raises(UserInputError, match="symbolic link"):
+        check_job_files(LocalTransport(), str(shared / "4242"), ("endpoint.json",))
+
+
+def test_readers_accept_the_users_own_files(shared: Path) -> None:
+    from slurm_sglang.api import check_job_files
+    from slurm_sglang.transport.local import LocalTransport
+
+    (shared / "4242").mkdir(mode=0o700)
+    (shared / "4242" / "state").write_text("ready\n")
+    check_job_files(LocalTransport(), str(shared / "4242"), ("state", "endpoint.json"))
+    check_job_files(LocalTransport(), str(shared / "missing"), ("state",))
+
+
+def test_submit_refuses_a_logs_directory_another_user_owns(shared: Path) -> None:
+    from slurm_sglang.errors import UserInputError
+    from slurm_sglang.submit import check_own_directory
+
+    shared.chmod(0o777)
+    as_other("mkdir", "-m", "777", str(shared / "logs"))
+    with pytest.raises(UserInputError, match="not to you"):
+        check_own_directory(shared / "logs")
+    mine = shared / "mine"
+    mine.mkdir()
+    mine.chmod(0o777)
+    with pytest.raises(UserInputError, match="writable by group or others"):
+        check_own_directory(mine)
+
+
+# ---- 10. render -o onto a device ----------------------------------------------------------------
+
+
+def _render(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "slurm_sglang", "render", "--cluster", "tcp",
+                           *args], capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_render_onto_a_character_device_leaves_it_a_device(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("mknod needs root")
+    device = tmp_path / "null"
+    os.mknod(device, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    done = _render("-o", str(device))
+    assert done.returncode == 0, done.stderr
+    assert stat.S_ISCHR(device.stat().st_mode)
+    assert device.stat().st_rdev == os.makedev(1, 3)
+    assert not (tmp_path / "slurm-sglang").exists()
+    # A link to a device is the device too.
+    (tmp_path / "link").symlink_to(device)
+    assert _render("-o", str(tmp_path / "link")).returncode == 0
+    assert (tmp_path / "link").is_symlink() and stat.S_ISCHR(device.stat().st_mode)
+
+
+def test_render_onto_a_fifo_writes_into_it(tmp_path: Path) -> None:
+    import threading
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    received: list[bytes] = []
+    opened = threading.Event()
+
+    def read() -> None:
+        with open(fifo, "rb") as source:
+            opened.set()
+            received.append(source.read())
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    done = _render("-o", str(fifo))
+    reader.join(30)
+    assert done.returncode == 0, done.stderr
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+    assert received and received[0].startswith(b"#!/usr/bin/env bash")
+
+
+def test_render_onto_a_fifo_nobody_reads_is_refused(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    done = _render("-o", str(fifo))
+    assert done.returncode == 2 and "no process reads it" in done.stderr, done.stderr
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+
+
+def test_render_onto_a_directory_names_the_fix(tmp_path: Path) -> None:
+    done = _render("-o", str(tmp_path))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and "is a directory" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_render_dash_writes_standard_output(tmp_path: Path) -> None:
+    done = subprocess.run(["sh", "-c", f'cd {tmp_path} && "$0" -m slurm_sglang render '
+                           "--cluster tcp -o -", sys.executable],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0 and done.stdout.startswith("#!/usr/bin/env bash"), done.stderr
+    assert list(tmp_path.iterdir()) == []
