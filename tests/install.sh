@@ -6,7 +6,8 @@
 # as any other. Prints the venv's python as its last line.
 #
 # Usage: bash tests/install.sh [--tests]   (--tests adds what only the tests use: CPU torch for
-#                                          the NCCL/gloo pre-flight, sglang's real argument parser)
+#                                          the NCCL/gloo pre-flight, sglang's real argument parser
+#                                          and its benchmark client)
 set -Eeuo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -51,6 +52,8 @@ install_python_packages() {
   "${VENV}/bin/python" -c 'import torch' 2>/dev/null || "${pip[@]}" torch==2.13.0
   # sglang's real argument parser, without its GPU dependencies (its own cached venv).
   bash "${REPO}/tests/sglang_parser/install.sh" >/dev/null
+  # sglang's own benchmark client for `bench` (a cached venv on top of the parser's).
+  bash "${REPO}/tests/sglang_bench/install.sh" >/dev/null
 }
 
 main() {
