@@ -103,11 +103,10 @@ def check(
     parallelism = spec.parallelism
     if gpus_per_node is None:
         gpus_per_node = profile.slurm.gpus_per_node
-    implied = nodes_needed(parallelism, gpus_per_node)
-    chosen = nodes or implied
+    chosen = nodes or nodes_needed(parallelism, gpus_per_node)
+    # Too few nodes is the placement's refusal, with its arithmetic and the nodes to ask for:
+    # the reason the script gives, first.
     problems = check_parallelism(parallelism, chosen, gpus_per_node)
-    if nodes and nodes < implied:
-        problems.insert(0, f"--nodes {nodes} is fewer than the {implied} the sizes need")
     notes = list(rewritten.notes)
     for flag_problem in check_known_flags(spec.sglang_args, version):
         if flag_problem.severity == "error":
