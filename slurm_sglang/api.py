@@ -208,11 +208,14 @@ def submit(
     trust_new_host: bool = False,
     env: Mapping[str, str] | None = None,
     api_key_file: str = "",
+    torch_profile: str | None = None,
 ) -> JobRecord:
     """Validate, render and submit; records the job and returns its record. Raises on bad input.
 
     env adds variables to the job's environment (over SSH never on a command line);
-    api_key_file names a file on the cluster's shared storage holding the server's API key."""
+    api_key_file names a file on the cluster's shared storage holding the server's API key;
+    torch_profile is the script's --profile: "" for the seed's bare form (the workspace's
+    sglang_profile), else a directory (relative to here, or to the workspace over SSH)."""
     from slurm_sglang.errors import UserInputError
     from slurm_sglang.jobs import save_record
     from slurm_sglang.render import render_script
@@ -246,6 +249,8 @@ def submit(
         script_args += ["--image", image]
     if api_key_file:
         script_args += ["--api-key-file", api_key_file]
+    if torch_profile is not None:
+        script_args.append(f"--profile={_profile_dir(torch_profile, workspace, bool(ssh))}")
     script_args += ["--", *report.spec.sglang_args]
     request = SubmitRequest(
         profile=profile, cluster=cluster, script_text=render_script(profile, report.nodes),
@@ -259,6 +264,15 @@ def submit(
         record = submit_local(request)
     save_record(record)
     return record
+
+
+def _profile_dir(torch_profile: str, workspace: str, remote: bool) -> str:
+    """--profile's directory as an absolute path: the job starts elsewhere than this shell."""
+    if not torch_profile:
+        return f"{workspace}/sglang_profile"
+    if torch_profile.startswith("/"):
+        return torch_profile
+    return f"{workspace}/{torch_profile}" if remote else str(Path.cwd() / torch_profile)
 
 
 def job_view(record: JobRecord, transport: Transport | None = None) -> JobView:

@@ -164,7 +164,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         partition=args.partition or "", name=args.name, image=args.image or "", port=args.port,
         health_timeout=args.health_timeout, workspace=args.workspace or "", ssh=args.ssh or "",
         trust_new_host=args.trust_new_host, env=_job_env(args.env or []),
-        api_key_file=args.api_key_file or "")
+        api_key_file=args.api_key_file or "", torch_profile=args.profile)
     if not args.json:
         where = f" on {record.host}" if record.host else ""
         print(f"submitted job {record.job_id}{where}; logs in {record.log_dir}", file=sys.stderr)
@@ -559,6 +559,9 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--workspace", help="shared directory for scripts and logs")
     submit.add_argument("--api-key-file", metavar="FILE",
                         help="file on shared storage holding the server's API key")
+    submit.add_argument("--profile", nargs="?", const="", metavar="DIR",
+                        help="PyTorch profiler traces to DIR; bare: WORKSPACE/sglang_profile "
+                             "(the script's --profile)")
     submit.add_argument("--wait", action=argparse.BooleanOptionalAction, default=True,
                         help="follow the job until it serves (default) or return at once")
     submit.add_argument("--timeout", type=float, help="stop following after this many seconds")
