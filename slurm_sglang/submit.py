@@ -255,9 +255,16 @@ def submit_remote(request: SubmitRequest, transport: Transport, host: str) -> Jo
     )
 
 
+# squeue gave no answer (slurmctld restarting, the login node unreachable): not "gone".
+QUEUE_UNREACHABLE = "UNREACHABLE"
+
+
 def queue_state(transport: Transport, job_id: str) -> str | None:
-    """SLURM's state of the job (PENDING, RUNNING, ...), or None once squeue forgets it."""
+    """SLURM's state of the job (PENDING, RUNNING, ...), None once squeue forgets it, or
+    QUEUE_UNREACHABLE when squeue fails for another reason."""
     result = transport.run(["squeue", "-h", "-j", job_id, "-o", "%T"], check=False)
+    if result.returncode != 0 and "Invalid job id" not in result.stderr:
+        return QUEUE_UNREACHABLE
     state = result.stdout.strip()
     return state.splitlines()[0] if state else None
 
