@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from slurm_sglang.errors import UserInputError
 
@@ -84,22 +91,34 @@ class SlurmSettings(_Strict):
 class FabricSettings(_Strict):
     """The network the ranks talk over, and the environment NCCL/Gloo/sglang need for it."""
 
-    kind: Literal["tcp", "efa", "infiniband"] = Field(default="tcp", description=(
-        "The network between nodes: tcp (sockets, no RDMA), efa (AWS Elastic Fabric "
-        "Adapter through libfabric and aws-ofi-nccl), infiniband (NCCL's IB transport, "
-        "InfiniBand or RoCE)."))
+    kind: Literal["auto", "tcp", "efa", "infiniband"] = Field(default="auto", description=(
+        "The network between nodes: auto (found on each node when its rank starts: EFA "
+        "devices give efa, an InfiniBand/RoCE HCA with an active port gives infiniband, "
+        "otherwise tcp), tcp (sockets, no RDMA), efa (AWS Elastic Fabric Adapter through "
+        "libfabric and aws-ofi-nccl), infiniband (NCCL's IB transport, InfiniBand or RoCE)."))
     socket_interface: str = Field(default="", description=(
-        "Interface for NCCL/Gloo sockets and sglang's address (NCCL_SOCKET_IFNAME), "
-        "e.g. ens5; empty: found on each node from its route to the head node."))
+        "Interface for NCCL/Gloo sockets and sglang's address, e.g. ens5; NCCL gets it in "
+        "its exact-match form (NCCL_SOCKET_IFNAME==ens5); empty: found on each node from "
+        "its route to the head node."))
     ib_hca: str = Field(default="", description=(
-        "NCCL_IB_HCA, e.g. mlx5_0,mlx5_1; empty: NCCL picks. infiniband only."))
-    ib_gid_index: int | None = Field(default=None, description=(
-        "NCCL_IB_GID_INDEX (3 is usual for RoCE v2); null: NCCL's default. "
-        "infiniband only."))
+        "NCCL_IB_HCA as NCCL reads it, e.g. =mlx5_0,mlx5_1 (a leading = matches names "
+        "exactly); empty: every HCA of the node with an active port, exact names. "
+        "infiniband and auto only."))
+    ib_gid_index: int | None = Field(default=None, ge=0, description=(
+        "NCCL_IB_GID_INDEX, for RoCE only, when the GID NCCL picks by itself is not the "
+        "one to use (IPv6 or VLAN GIDs); null: NCCL picks (ignored on native "
+        "InfiniBand). infiniband and auto only."))
     efa_plugin_path: str = Field(
-        default="/opt/amazon/efa/lib:/opt/aws-ofi-nccl/lib", description=(
-            "Colon-separated directories of libfabric and the aws-ofi-nccl plugin, "
-            "exported to the ranks as SLURM_SGLANG_EFA_LIBRARY_PATH. efa only."))
+        default="/opt/amazon/ofi-nccl/lib:/opt/amazon/efa/lib", description=(
+            "Colon-separated host directories of the aws-ofi-nccl plugin and libfabric, "
+            "where the EFA installer puts them; mounted read-only into containers at the "
+            "same path and put first on the ranks' LD_LIBRARY_PATH. Empty: the image's own "
+            "plugin is used (it must be on the image's library path). efa and auto only."))
+    efa_nccl_net_plugin: str = Field(default="ofi", description=(
+        "NCCL_NET_PLUGIN for EFA: ofi loads libnccl-net-ofi.so (the EFA installer's "
+        "name); empty: NCCL's default libnccl-net.so. NCCL_NET is set to 'AWS Libfabric' "
+        "either way, so a plugin that fails to load fails the job instead of falling back "
+        "to sockets. efa and auto only."))
     env: dict[str, str] = Field(default_factory=dict, description=(
         "Environment variables for every rank, set after the fabric's own so they win, "
         "e.g. NCCL_DEBUG: INFO."))
@@ -112,6 +131,22 @@ class FabricSettings(_Strict):
                 raise ValueError(f"{name!r} is not a valid environment variable name")
             _no_newlines(value, f"env {name}")
         return env
+
+    @field_validator("socket_interface")
+    @classmethod
+    def _interface(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.:@-]*", value):
+            raise ValueError(f"{value!r} is not an interface name (give one, e.g. ens5)")
+        return value
+
+    @field_validator("efa_plugin_path")
+    @classmethod
+    def _plugin_path(cls, value: str) -> str:
+        _no_newlines(value, "efa_plugin_path")
+        for part in filter(None, value.split(":")):
+            if not part.startswith("/"):
+                raise ValueError(f"efa_plugin_path entry {part!r} must be an absolute path")
+        return value
 
 
 class ContainerSettings(_Strict):
@@ -130,11 +165,15 @@ class ContainerSettings(_Strict):
         "Extra bind mounts, SRC[:DST[:OPTIONS]] with absolute paths, e.g. /fsx:/fsx; the "
         "workspace and the model path are mounted anyway."))
     run_args: list[str] = Field(default_factory=list, description=(
-        "Extra arguments for the container runtime, one per item, e.g. [--ulimit, "
-        "memlock=-1] for docker run. docker, podman, enroot, apptainer."))
+        "Extra arguments for the runtime the profile names, one per item: docker/podman "
+        "run options (e.g. [--ulimit, stack=67108864]), pyxis's srun options for enroot "
+        "(--container-*), apptainer exec options for apptainer; an option the runtime's "
+        "command does not take is refused. Memlock for RDMA is the fabric's (checked "
+        "in the pre-flight), not a run argument."))
     gpus: Literal["docker", "cdi", "env", "none"] = Field(default="docker", description=(
         "How a container gets its GPUs: docker (--gpus device=...), cdi (--device "
-        "nvidia.com/gpu=N), env (CUDA_VISIBLE_DEVICES only), none. docker/podman only."))
+        "nvidia.com/gpu=N), env (CUDA_VISIBLE_DEVICES only), none. docker/podman only; "
+        "the other runtimes give a rank the GPUs SLURM granted, numbered as CUDA does."))
     privileged: bool = Field(default=False, description=(
         "Run containers with --privileged. docker/podman only."))
     activate: list[str] = Field(default_factory=list, description=(
@@ -166,6 +205,69 @@ class ContainerSettings(_Strict):
             if not mount.startswith("/"):
                 raise ValueError(f"mount {mount!r} must be an absolute path (SRC[:DST[:OPTIONS]])")
         return mounts
+
+    @model_validator(mode="after")
+    def _scoped_to_runtime(self) -> ContainerSettings:
+        problem = runtime_option_problem(self)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+
+# docker run options that apptainer exec does not take (apptainer exec --help, 1.3): a
+# profile written for docker must not reach apptainer unnoticed. -e is apptainer's
+# --cleanenv, not docker's --env.
+_DOCKER_ONLY_OPTIONS = frozenset({
+    "--ulimit", "--gpus", "--device", "--shm-size", "--privileged", "-v", "--volume",
+    "--label", "--init", "--rm", "--name", "--memory", "--cpus", "--cap-add",
+    "--security-opt", "--entrypoint", "-e", "--runtime", "--user", "-u", "--publish", "-p",
+})
+_IMAGE_TARBALL = (".tar", ".tar.gz", ".tgz", ".tar.zst")
+
+
+def _option_name(arg: str) -> str:
+    return arg.split("=", 1)[0]
+
+
+def runtime_option_problem(container: ContainerSettings) -> str:
+    """Why the container options do not fit the runtime, naming the key; empty when they do."""
+    runtime = container.runtime
+    docker_like = runtime in ("docker", "podman")
+    if container.activate and runtime != "none":
+        return (f"container.activate is for runtime none only (runtime is {runtime}); "
+                "remove it or set container.activate: []")
+    if container.privileged and not docker_like:
+        return (f"container.privileged is a docker/podman option; runtime {runtime} has "
+                "no such switch: set container.privileged: false")
+    options = [arg for arg in container.run_args if arg.startswith("-")]
+    if runtime == "none" and container.run_args:
+        return "container.run_args: runtime none starts no container; set container.run_args: []"
+    if runtime == "enroot":
+        # pyxis adds its options to srun (pyxis wiki, Usage): --container-* and
+        # --no-container-*; everything else would be an srun option of the rank step.
+        for arg in options:
+            if not arg.startswith(("--container-", "--no-container-")):
+                return (f"container.run_args: {_option_name(arg)} is not a pyxis option; "
+                        "runtime enroot passes run_args to srun, which takes only "
+                        "--container-* there (srun --help with pyxis)")
+    if runtime == "apptainer":
+        for arg in options:
+            if _option_name(arg) in _DOCKER_ONLY_OPTIONS:
+                return (f"container.run_args: {_option_name(arg)} is a docker run option "
+                        "that apptainer exec does not take (apptainer exec --help)")
+    if runtime in ("enroot", "apptainer") and container.image.endswith(_IMAGE_TARBALL):
+        return f"container.image: {image_conversion_hint(runtime, container.image)}"
+    return ""
+
+
+def image_conversion_hint(runtime: str, image: str) -> str:
+    """The refusal of a docker tarball for enroot/apptainer, with the command that converts it."""
+    if runtime == "apptainer":
+        return (f"{image} is a docker save tarball, which apptainer cannot exec; convert it "
+                f"once: apptainer build sglang.sif docker-archive://{image}")
+    return (f"{image} is a docker save tarball, which pyxis cannot use (it takes an enroot "
+            "URI REGISTRY#IMAGE or a squashfs file); convert it once: docker load -i "
+            f"{image} && enroot import -o sglang.sqsh dockerd://IMAGE:TAG")
 
 
 class PathSettings(_Strict):

@@ -40,7 +40,7 @@ def test_show_prints_the_resolved_profile(capsys: pytest.CaptureFixture[str]) ->
     assert shown == load_profile("aws-p4d-efa").model_dump(mode="json")
     # Inherited from aws-p5-efa, then overridden by aws-p4d-efa itself.
     assert shown["fabric"]["kind"] == "efa"
-    assert shown["container"]["run_args"][:2] == ["--ulimit", "memlock=-1"]
+    assert shown["container"]["run_args"][:2] == ["--ulimit", "stack=67108864"]
     assert shown["preflight"]["min_free_disk_gb"] == 50
     code, out, _ = run(capsys, "profiles", "show", "aws-p4d-efa", "--json")
     assert json.loads(out) == shown
@@ -55,7 +55,7 @@ def test_show_resolves_a_file_that_extends_a_builtin(capsys: pytest.CaptureFixtu
     assert code == 0
     assert (shown["name"], shown["slurm"]["partition"], shown["slurm"]["gres_style"]) == (
         "site", "h100", "gres")
-    assert (shown["fabric"]["ib_hca"], shown["fabric"]["ib_gid_index"]) == ("mlx5_0", 3)
+    assert (shown["fabric"]["ib_hca"], shown["fabric"]["ib_gid_index"]) == ("mlx5_0", None)
 
 
 def test_show_unknown_name_lists_the_known_ones(capsys: pytest.CaptureFixture[str]) -> None:
@@ -166,9 +166,9 @@ def test_init_documents_every_key_from_the_model(capsys: pytest.CaptureFixture[s
 def test_init_lists_the_choices_of_every_choice_field(capsys: pytest.CaptureFixture[str]) -> None:
     _, out, _ = run(capsys, "profiles", "init")
     assert "# Valid: one of: docker, podman, enroot, apptainer, none." in out
-    assert "# Valid: one of: tcp, efa, infiniband." in out
+    assert "# Valid: one of: auto, tcp, efa, infiniband." in out
     assert "# Valid: a whole number (at least 0, at most 64)." in out
-    assert "# Valid: a whole number, or null." in out
+    assert "# Valid: a whole number, or null (at least 0)." in out
 
 
 def test_init_never_overwrites(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -18,15 +18,20 @@ GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("SLURM_SGLANG_UPDATE_GOLDEN") == "1"
 UPDATE_HINT = "SLURM_SGLANG_UPDATE_GOLDEN=1 python -m pytest tests/unit/test_render.py"
 RUNTIMES = ("docker", "podman", "enroot", "apptainer", "none")
-FABRICS = ("tcp", "efa", "infiniband")
+FABRICS = ("auto", "tcp", "efa", "infiniband")
+
+
+# An option each runtime's own command takes: docker/podman run, pyxis's srun, apptainer exec.
+RUN_ARGS = {"docker": ["--label", "site=a b"], "podman": ["--label", "site=a b"],
+            "enroot": ["--container-remap-root"], "apptainer": ["--contain"], "none": []}
 
 
 def _profile(runtime: str, fabric: str) -> ClusterProfile:
+    activate = ["source /shared/venv/bin/activate"] if runtime == "none" else []
     return ClusterProfile.model_validate({
         "name": f"{runtime}-{fabric}",
         "container": {"runtime": runtime, "mounts": ["/data:/data:ro"],
-                      "run_args": ["--label", "site=a b"],
-                      "activate": ["source /shared/venv/bin/activate"]},
+                      "run_args": RUN_ARGS[runtime], "activate": activate},
         "fabric": {"kind": fabric, "env": {"NCCL_DEBUG": "WARN", "ODD": "a 'b' $c"}},
         "slurm": {"partition": "gpu", "account": "ml team", "time": "04:00:00",
                   "extra_directives": ["--mem=0"]},
