@@ -538,17 +538,32 @@ def parse_parallelism(argv: Sequence[str], version: str = LATEST_KNOWN) -> Paral
     return Parallelism(sizes["tp"], sizes["pp"], sizes["dp"], sizes["ep"], attention)
 
 
+METRICS_DEST = "enable_metrics"
+
+
 def server_argv(argv: Sequence[str], replicas: bool, version: str = LATEST_KNOWN
                 ) -> Tuple[str, ...]:
-    """A server's sglang arguments: with replicas each is a server of dp 1, so --dp goes."""
-    if not replicas:
-        return tuple(argv)
+    """A server's sglang arguments: with replicas each is a server of dp 1, so --dp goes;
+    every server gets --enable-metrics unless the user gave it (in any spelling)."""
     dropped: Set[int] = set()
+    metrics = False
     for option in parse_options(argv, version):
-        if option.spec is not None and option.spec.dest == "dp_size":
+        if option.spec is None:
+            continue
+        metrics = metrics or option.spec.dest == METRICS_DEST
+        if replicas and option.spec.dest == "dp_size":
             dropped.add(option.position)
             dropped.update(option.value_indexes)
-    return tuple(token for index, token in enumerate(argv) if index not in dropped)
+    kept = tuple(token for index, token in enumerate(argv) if index not in dropped)
+    # /metrics is what `slurm-sglang metrics`, the target file and a site's Prometheus read;
+    # sglang serves it only when asked. Flags this version does not know are left alone.
+    if not metrics and _knows_dest(METRICS_DEST, version):
+        kept += (_dest_flag(METRICS_DEST, version),)
+    return kept
+
+
+def _knows_dest(dest: str, version: str) -> bool:
+    return any(spec.dest == dest for spec in table_for(version).by_option_string.values())
 
 
 def rank_argv(argv: Sequence[str], nnodes: int, node_rank: int, head_ip: str, dist_port: int,

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from slurm_sglang import launch_plan
-from slurm_sglang.launch_plan import parse_parallelism, plan
+from slurm_sglang.launch_plan import parse_parallelism, plan, server_argv
 
 REPO = Path(__file__).resolve().parents[2]
 MODULE = REPO / "slurm_sglang" / "launch_plan.py"
@@ -164,7 +164,7 @@ def test_bash_evals_one_server_over_two_nodes() -> None:
         "REPLICA_BASE_PORT": b"30001", "GPUS_PER_RANK": b"8", "MIN_REPLICAS": b"1",
         "PARALLELISM": b"tp=16 pp=1 dp=1 ep=1",
     }
-    assert args == [arg.encode() for arg in argv]
+    assert args == [arg.encode() for arg in [*argv, "--enable-metrics"]]
 
 
 def test_bash_evals_replicas_as_the_plan_places_them() -> None:
@@ -180,7 +180,18 @@ def test_bash_evals_replicas_as_the_plan_places_them() -> None:
     assert variables["REPLICA_BASE_PORT"] == str(placed.replicas[0].port).encode() == b"31001"
     assert variables["PARALLELISM"] == b"tp=2 pp=1 dp=8 ep=1"
     # Each replica is a server of dp 1: --dp stays out of its argv.
-    assert args == [b"--model-path", b"m", b"--tp", b"2"]
+    assert args == [b"--model-path", b"m", b"--tp", b"2", b"--enable-metrics"]
+
+
+@pytest.mark.parametrize("replicas", [False, True])
+@pytest.mark.parametrize("given", [[], ["--enable-metrics"],
+                                   ["--enable-metrics-for-all-schedulers"]])
+def test_every_server_gets_enable_metrics_once(given: list[str], replicas: bool) -> None:
+    argv = ["--model-path", "m", *given, "--tp", "2", "--dp", "2"]
+    served = server_argv(argv, replicas)
+    # Given by the user it is not given twice; a longer flag is another one.
+    assert served.count("--enable-metrics") == 1
+    assert set(given) <= set(served)
 
 
 AWKWARD = {
@@ -202,7 +213,7 @@ def test_arguments_round_trip_byte_for_byte(case: str, locale: str) -> None:
     model = ["--model-path", "m"] if case != "spaces" else []
     argv = [*model, *AWKWARD[case], "--tp", "2"]
     variables, args = _eval_in_bash(["--nodes", "2", "--gpus-per-node", "8"], argv, locale)
-    assert args == [arg.encode() for arg in argv]
+    assert args == [arg.encode() for arg in [*argv, "--enable-metrics"]]
     expected_model = AWKWARD[case][1] if case == "spaces" else "m"
     assert variables["MODEL_PATH"] == expected_model.encode()
 
