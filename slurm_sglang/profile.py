@@ -12,10 +12,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -28,7 +29,21 @@ from slurm_sglang.errors import UserInputError
 
 BUILTIN_PROFILE_PACKAGE = "slurm_sglang.profiles"
 DEFAULT_PROFILE_NAME = "default"
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# \Z, not $: $ also matches before a final newline, and "FOO\n" rendered `export FOO` then `=x`.
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
+# Names that reach #SBATCH lines, submitit's batch script and messages: nothing a shell or
+# sbatch's line parser could read as more than one word.
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+# The toolkit's own directives (render.sbatch_directives, submit): a profile's extra_directives
+# written after them would win. sbatch takes unambiguous prefixes of long options, so a
+# prefix of one of these is refused too, unless it is itself an sbatch option.
+PROTECTED_DIRECTIVES = (
+    "--job-name", "--nodes", "--ntasks", "--ntasks-per-node", "--tasks-per-node", "--output",
+    "--error", "--input", "--partition", "--account", "--qos", "--time", "--constraint",
+    "--gpus-per-node", "--gres", "--exclusive", "--requeue", "--no-requeue", "--signal",
+    "--chdir", "--open-mode", "--array", "--wrap",
+)
+_SBATCH_OPTIONS_THAT_ARE_PREFIXES = ("--gpus",)
 
 
 class ProfileError(UserInputError):
@@ -39,9 +54,44 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def check_name(value: str, what: str) -> str:
+    """Refuse a name (profile, job, partition, account, qos) that is not one plain word."""
+    if value and not _NAME.match(value):
+        raise ValueError(f"{what} {value!r} must match [A-Za-z0-9][A-Za-z0-9._-]{{0,63}}: "
+                         "letters, digits, '.', '_' and '-', up to 64")
+    return value
+
+
+def protected_directive(directive: str) -> str | None:
+    """The toolkit's own sbatch option that ``directive`` (--name[=value]) would set, or None."""
+    name = directive.split("=", 1)[0]
+    if name in _SBATCH_OPTIONS_THAT_ARE_PREFIXES:
+        return None
+    for option in PROTECTED_DIRECTIVES:
+        if option == name or (len(name) > 2 and option.startswith(name)):
+            return option
+    return None
+
+
 def _no_newlines(value: str, what: str) -> str:
     if "\n" in value or "\r" in value:
         raise ValueError(f"{what} must be one line (newlines would break the #SBATCH header)")
+    return value
+
+
+def _check_directive(value: str) -> str:
+    # Checked one item at a time, so that the error names the item's line in the profile.
+    _no_newlines(value, "an extra directive")
+    if not value.startswith("--"):
+        raise ValueError(f"extra directive {value!r} must be an sbatch option like --mem=0")
+    if any(character.isspace() for character in value):
+        raise ValueError(f"extra directive {value!r} must be one word (no spaces)")
+    protected = protected_directive(value)
+    if protected:
+        raise ValueError(
+            f"extra directive {value!r} would override the toolkit's own {protected} "
+            "(set by slurm-sglang from the profile, the submit options or the plan); "
+            "remove it, or use the slurm: key or submit option for it")
     return value
 
 
@@ -57,7 +107,8 @@ class SlurmSettings(_Strict):
     time: str = Field(default="", description=(
         "Time limit (#SBATCH --time), e.g. 04:00:00 or 2-00:00:00; empty: the partition's "
         "limit. submit --time overrides it."))
-    gpus_per_node: int = Field(default=8, ge=0, le=64, description=(
+    # strict: YAML's true is not a GPU count.
+    gpus_per_node: int = Field(default=8, ge=0, le=64, strict=True, description=(
         "GPUs on each node: the GPU request and the tp*pp*dp checks use it."))
     gres_style: Literal["gpus-per-node", "gres", "none"] = Field(
         default="gpus-per-node", description=(
@@ -69,23 +120,27 @@ class SlurmSettings(_Strict):
         "Node features (#SBATCH --constraint), e.g. h100; empty: none."))
     requeue: bool = Field(default=False, description=(
         "Let SLURM requeue the job after a node failure (#SBATCH --requeue)."))
-    extra_directives: list[str] = Field(default_factory=list, description=(
+    extra_directives: list[Annotated[str, AfterValidator(_check_directive)]] = Field(
+        default_factory=list, description=(
         "More sbatch options, one per item, each starting with --, e.g. --mem=0; "
         "written after the others."))
 
     @field_validator("partition", "account", "qos", "time", "constraint")
     @classmethod
     def _one_line(cls, value: str) -> str:
-        return _no_newlines(value, "this value")
+        _no_newlines(value, "this value")
+        # sbatch splits an #SBATCH line at whitespace: a space would start another option.
+        if any(character.isspace() for character in value):
+            raise ValueError(f"{value!r} must be one word (no spaces)")
+        return value
 
-    @field_validator("extra_directives")
+    @field_validator("partition", "account", "qos")
     @classmethod
-    def _directives(cls, values: list[str]) -> list[str]:
-        for value in values:
-            _no_newlines(value, "an extra directive")
-            if not value.startswith("--"):
-                raise ValueError(f"extra directive {value!r} must be an sbatch option like --mem=0")
-        return values
+    def _names(cls, value: str) -> str:
+        # SLURM takes a comma-separated list of partitions or QOSes.
+        for part in value.split(","):
+            check_name(part, "each name in" if "," in value else "the name")
+        return value
 
 
 class FabricSettings(_Strict):
@@ -282,6 +337,21 @@ class PathSettings(_Strict):
         "Shared storage mounted into containers at the same path (the script's "
         "--container-mount default)."))
 
+    @field_validator("workspace", "container_mount")
+    @classmethod
+    def _one_line(cls, value: str) -> str:
+        return _no_newlines(value, "this path")
+
+    @field_validator("logs")
+    @classmethod
+    def _logs(cls, value: str) -> str:
+        # Joined to the workspace and the job id by the script and by the readers.
+        plain = re.match(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*\Z", value)
+        if not plain or ".." in value.split("/"):
+            raise ValueError(f"{value!r} must be a relative path of plain names (letters, digits, "
+                             "'.', '_', '-'), e.g. logs")
+        return value
+
 
 class PreflightSettings(_Strict):
     """Checks run on every node before any rank starts."""
@@ -326,6 +396,16 @@ class ClusterProfile(_Strict):
     name: str = Field(default=DEFAULT_PROFILE_NAME, description=(
         "Profile name, shown in the script's header; default: the file name."))
     description: str = Field(default="", description="One line for `profiles list`.")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return check_name(value, "the profile name")
+
+    @field_validator("description")
+    @classmethod
+    def _description(cls, value: str) -> str:
+        return _no_newlines(value, "description")
     extends: str = Field(default="", description=(
         "A profile this one builds on: a built-in name or a YAML path (relative to this "
         "file). Mappings merge key by key; lists and values replace."))
@@ -369,7 +449,7 @@ def _read_source(name_or_path: str) -> ProfileSource:
         path = Path(name_or_path).expanduser()
         if not path.is_file():
             raise ProfileError(f"--cluster {name_or_path}: no such profile file")
-        return ProfileSource(path.stem, str(path), path.read_text(encoding="utf-8"))
+        return ProfileSource(path.stem, str(path), _read_profile_text(path))
     resource = resources.files(BUILTIN_PROFILE_PACKAGE).joinpath(f"{name_or_path}.yaml")
     if not resource.is_file():
         known = ", ".join(builtin_profile_names())
@@ -378,6 +458,79 @@ def _read_source(name_or_path: str) -> ProfileSource:
             "or give a path to a YAML file"
         )
     return ProfileSource(name_or_path, f"<built-in {name_or_path}.yaml>", resource.read_text())
+
+
+# A profile is a page of settings: these refuse, before anything is expanded, the documents
+# that make PyYAML take minutes and gigabytes (aliases of aliases) or overflow its recursion.
+MAX_PROFILE_BYTES = 1 << 20
+MAX_PROFILE_ALIASES = 100
+MAX_PROFILE_DEPTH = 100
+MAX_PROFILE_VALUES = 100_000
+
+
+def _read_profile_text(path: Path) -> str:
+    """The file's text, refused when too large or not UTF-8."""
+    try:
+        with path.open("rb") as source:
+            data = source.read(MAX_PROFILE_BYTES + 1)
+    except OSError as error:
+        raise ProfileError(f"--cluster {path}: cannot read it: {error.strerror}") from None
+    if len(data) > MAX_PROFILE_BYTES:
+        raise ProfileError(f"{path}: larger than {MAX_PROFILE_BYTES // 1024} KiB; a profile is "
+                           "a page of settings")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[:error.start].count(b"\n") + 1
+        raise ProfileError(f"{path}:{line}: not UTF-8 text (byte {error.start}); save the "
+                           "profile as UTF-8") from None
+
+
+def _check_yaml_limits(source: ProfileSource) -> None:
+    """Count aliases and nesting from PyYAML's tokens, which expand nothing."""
+    if len(source.text.encode("utf-8", "surrogatepass")) > MAX_PROFILE_BYTES:
+        raise ProfileError(f"{source.path}: larger than {MAX_PROFILE_BYTES // 1024} KiB")
+    opening = (yaml.BlockMappingStartToken, yaml.BlockSequenceStartToken,
+               yaml.FlowMappingStartToken, yaml.FlowSequenceStartToken)
+    closing = (yaml.BlockEndToken, yaml.FlowMappingEndToken, yaml.FlowSequenceEndToken)
+    aliases = depth = 0
+    try:
+        for token in yaml.scan(source.text, Loader=yaml.SafeLoader):
+            if isinstance(token, yaml.AliasToken):
+                aliases += 1
+                if aliases > MAX_PROFILE_ALIASES:
+                    raise ProfileError(
+                        f"{source.path}:{token.start_mark.line + 1}: more than "
+                        f"{MAX_PROFILE_ALIASES} YAML aliases (*name); write the values out")
+            elif isinstance(token, opening):
+                depth += 1
+                if depth > MAX_PROFILE_DEPTH:
+                    raise ProfileError(
+                        f"{source.path}:{token.start_mark.line + 1}: nested more than "
+                        f"{MAX_PROFILE_DEPTH} levels deep")
+            elif isinstance(token, closing):
+                depth -= 1
+        # Fewer aliases can still nest: 8 lines of 9 aliases each expand to 9**9 values.
+        # Composing shares an alias's node instead of copying it; count the copies here.
+        root = yaml.compose(source.text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return  # _parse_yaml names the syntax error with its line
+    sizes: dict[int, int] = {}
+
+    def expanded(node: yaml.Node) -> int:
+        if id(node) not in sizes:
+            sizes[id(node)] = 0  # a node that contains itself counts once
+            children: list[yaml.Node] = []
+            if isinstance(node, yaml.MappingNode):
+                children = [part for pair in node.value for part in pair]
+            elif isinstance(node, yaml.SequenceNode):
+                children = list(node.value)
+            sizes[id(node)] = 1 + sum(expanded(child) for child in children)
+        return sizes[id(node)]
+
+    if root is not None and expanded(root) > MAX_PROFILE_VALUES:
+        raise ProfileError(f"{source.path}: its aliases expand to more than "
+                           f"{MAX_PROFILE_VALUES} values; write the values out")
 
 
 def _key_lines(text: str) -> dict[tuple[str, ...], int]:
@@ -406,6 +559,7 @@ def _key_lines(text: str) -> dict[tuple[str, ...], int]:
 
 
 def _parse_yaml(source: ProfileSource) -> dict[str, Any]:
+    _check_yaml_limits(source)
     try:
         data = yaml.safe_load(source.text)
     except yaml.YAMLError as exc:

@@ -18,7 +18,7 @@ from typing import Any
 
 from slurm_sglang.errors import UserInputError
 from slurm_sglang.jobs import JobRecord
-from slurm_sglang.profile import ClusterProfile
+from slurm_sglang.profile import ClusterProfile, check_name
 from slurm_sglang.transport import Transport
 from slurm_sglang.transport.base import raise_for_result
 
@@ -61,6 +61,17 @@ class SubmitRequest:
     # Variables for the job's environment (HF_TOKEN, SGLANG_*): over SSH they travel through the
     # transport's env file, never on a command line.
     env: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Both reach submitit's batch script as #SBATCH lines: a newline there adds lines.
+        for option, value in (("--name", self.job_name), ("--partition", self.partition)):
+            for part in value.split(",") if option == "--partition" else (value,):
+                try:
+                    check_name(part, option)
+                except ValueError as error:
+                    raise UserInputError(str(error)) from None
+        if self.time:
+            time_minutes(self.time)
 
 
 class ServeCommand:

@@ -266,3 +266,175 @@ def test_render_dash_writes_standard_output(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0 and done.stdout.startswith("#!/usr/bin/env bash"), done.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+# ---- 3. newlines and names into the script -----------------------------------------------------
+
+CANARY = "CANARY"
+HOSTILE = (
+    f"x\n#SBATCH --wrap=touch {CANARY}\ntouch {CANARY}\n",
+    f"x $(touch {CANARY}) `touch {CANARY}`;touch {CANARY} '\"\\",
+)
+
+
+def _string_fields(model: Any, prefix: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...],
+                                                                                 str]]:
+    from pydantic import BaseModel
+
+    for name, info in model.model_fields.items():
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            yield from _string_fields(annotation, (*prefix, name))
+        elif annotation is str:
+            yield (*prefix, name), "str"
+        elif str(annotation) == "list[str]":
+            yield (*prefix, name), "list"
+        elif str(annotation) == "dict[str, str]":
+            yield (*prefix, name), "dict"
+
+
+def _nested(path: tuple[str, ...], value: Any) -> dict[str, Any]:
+    data: Any = value
+    for key in reversed(path):
+        data = {key: data}
+    return dict(data)
+
+
+@pytest.mark.parametrize(("path", "kind"), list(_string_fields(ClusterProfile)),
+                         ids=lambda value: ".".join(value) if isinstance(value, tuple) else value)
+def test_every_profile_field_with_hostile_values(tmp_path: Path, path: tuple[str, ...],
+                                                 kind: str) -> None:
+    from pydantic import ValidationError
+
+    from slurm_sglang.render import RenderError
+
+    for hostile in HOSTILE:
+        value: Any = {"str": hostile, "list": [hostile], "dict": {hostile: hostile}}[kind]
+        data = merge_profile_data(load_profile("tcp").model_dump(), _nested(path, value))
+        try:
+            text = render_script(ClusterProfile.model_validate(data))
+        except (ValidationError, RenderError):
+            continue  # refused, naming the field
+        if kind == "dict":
+            # A refused key would have failed validation: only the value is left to try.
+            data = merge_profile_data(load_profile("tcp").model_dump(),
+                                      _nested(path, {"SAFE_NAME": hostile}))
+            text = render_script(ClusterProfile.model_validate(data))
+        script = tmp_path / "run.sbatch"
+        script.write_text(text)
+        # sbatch reads #SBATCH lines up to the first line of code.
+        lines = text.splitlines()
+        first_code = next(i for i, line in enumerate(lines) if line and not line.startswith("#"))
+        assert not any("--wrap" in line for line in lines[:first_code]), path
+        assert subprocess.run(["bash", "-n", str(script)], check=False).returncode == 0
+        if shutil.which("shellcheck"):
+            checked = subprocess.run(["shellcheck", "-S", "warning", str(script)],
+                                     capture_output=True, text=True, check=False)
+            assert checked.returncode == 0, checked.stdout[-2000:]
+        subprocess.run(["bash", str(script), "--help"], cwd=tmp_path, capture_output=True,
+                       timeout=60, check=False)
+        assert not list(tmp_path.glob(f"*{CANARY}*")), path
+
+
+@pytest.mark.parametrize("value", ["gpu\nqos", "gpu batch", "a;b", "-x", "x" * 65, ""])
+def test_names_are_refused_naming_the_field(tmp_path: Path, value: str) -> None:
+    from pydantic import ValidationError
+
+    for field in ("partition", "account", "qos"):
+        data = merge_profile_data(load_profile("tcp").model_dump(), {"slurm": {field: value}})
+        if not value:
+            ClusterProfile.model_validate(data)
+            continue
+        with pytest.raises(ValidationError, match=field):
+            ClusterProfile.model_validate(data)
+    if value:
+        with pytest.raises(ValidationError, match="name"):
+            ClusterProfile.model_validate({**load_profile("tcp").model_dump(), "name": value})
+
+
+def test_a_profile_file_whose_name_has_a_newline_is_refused(tmp_path: Path) -> None:
+    from slurm_sglang.profile import ProfileError
+
+    path = tmp_path / "evil\ntouch CANARY\n.yaml"
+    path.write_text("extends: tcp\n")
+    with pytest.raises(ProfileError, match="profile name"):
+        load_profile(str(path))
+
+
+def test_an_env_key_with_a_newline_is_refused() -> None:
+    from pydantic import ValidationError
+
+    data = merge_profile_data(load_profile("tcp").model_dump(), {"fabric": {"env": {"FOO\n": "x"}}})
+    with pytest.raises(ValidationError, match="environment variable name"):
+        ClusterProfile.model_validate(data)
+
+
+@pytest.mark.parametrize(("option", "value"), [("job_name", "sglang\n#SBATCH --wrap=id"),
+                                               ("partition", "gpu\n#SBATCH --wrap=id"),
+                                               ("partition", "gpu --wrap=id"),
+                                               ("job_name", "a b")])
+def test_submit_names_are_refused(option: str, value: str) -> None:
+    from slurm_sglang.errors import UserInputError
+    from slurm_sglang.submit import SubmitRequest
+
+    flag = "--name" if option == "job_name" else "--partition"
+    job_name = value if option == "job_name" else "sglang"
+    partition = value if option == "partition" else ""
+    with pytest.raises(UserInputError, match=flag):
+        SubmitRequest(profile=load_profile("tcp"), cluster="tcp", script_text="", script_args=(),
+                      nodes=1, workspace="/tmp", job_name=job_name, partition=partition)
+
+
+# ---- 9. protected sbatch options ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("directive", "protected"), [
+    ("--ntasks-per-node=4", "--ntasks-per-node"), ("--nodes=1", "--nodes"),
+    ("--output=/dev/null", "--output"), ("--ntasks-per=4", "--ntasks-per-node"),
+    ("--job-name=x", "--job-name"), ("--gres=gpu:1", "--gres"), ("--partition=a", "--partition"),
+])
+def test_extra_directives_cannot_override_the_toolkits_own(tmp_path: Path, directive: str,
+                                                            protected: str) -> None:
+    from slurm_sglang.profile import ProfileError
+
+    path = tmp_path / "mine.yaml"
+    path.write_text("extends: tcp\nslurm:\n  extra_directives:\n    - --mem=0\n"
+                    f"    - {directive}\n")
+    with pytest.raises(ProfileError) as refused:
+        load_profile(str(path))
+    message = str(refused.value)
+    assert f"{path}:5" in message and protected in message and directive in message
+
+
+@pytest.mark.parametrize("directive", ["--mem=0", "--gpus=8", "--comment=ok", "--gres-flags=x"])
+def test_other_extra_directives_still_pass(tmp_path: Path, directive: str) -> None:
+    path = tmp_path / "mine.yaml"
+    path.write_text(f"extends: tcp\nslurm:\n  extra_directives:\n    - {directive}\n")
+    assert load_profile(str(path)).slurm.extra_directives == [directive]
+
+
+# ---- 7. bad profiles: limits, not timings -----------------------------------------------------
+
+
+def _nested_aliases(lines: int, width: int) -> str:
+    text = "a0: &a0 [" + ",".join("x" * width) + "]\n"
+    for line in range(1, lines + 1):
+        text += f"a{line}: &a{line} [" + ",".join([f"*a{line - 1}"] * width) + "]\n"
+    return text
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    (_nested_aliases(8, 9).encode(), "expand to more than"),
+    (("x: &x 1\n" + "".join(f"k{i}: *x\n" for i in range(101))).encode(), "more than 100 YAML"),
+    (("a: " + "[" * 20000 + "]" * 20000 + "\n").encode(), "nested more than 100"),
+    (b"name: x\xff\n", "not UTF-8"),
+    (b"# " + b"x" * (1 << 20) + b"\n", "larger than 1024 KiB"),
+    (b"extends: tcp\nslurm:\n  gpus_per_node: true\n", "gpus_per_node"),
+])
+def test_hostile_profile_files_get_one_line(tmp_path: Path, content: bytes, expected: str) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_bytes(content)
+    done = subprocess.run([sys.executable, "-m", "slurm_sglang", "render", "--cluster",
+                           str(path)], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2, done.stderr[-500:]
+    assert done.stderr.count("\n") == 1 and expected in done.stderr, done.stderr[-500:]
