@@ -107,8 +107,7 @@ class SlurmSettings(_Strict):
     time: str = Field(default="", description=(
         "Time limit (#SBATCH --time), e.g. 04:00:00 or 2-00:00:00; empty: the partition's "
         "limit. submit --time overrides it."))
-    # strict: YAML's true is not a GPU count.
-    gpus_per_node: int = Field(default=8, ge=0, le=64, strict=True, description=(
+    gpus_per_node: int = Field(default=8, ge=0, le=64, description=(
         "GPUs on each node: the GPU request and the tp*pp*dp checks use it."))
     gres_style: Literal["gpus-per-node", "gres", "none"] = Field(
         default="gpus-per-node", description=(
@@ -132,6 +131,14 @@ class SlurmSettings(_Strict):
         # sbatch splits an #SBATCH line at whitespace: a space would start another option.
         if any(character.isspace() for character in value):
             raise ValueError(f"{value!r} must be one word (no spaces)")
+        return value
+
+    @field_validator("gpus_per_node", mode="before")
+    @classmethod
+    def _not_a_bool(cls, value: object) -> object:
+        # pydantic reads YAML's true as 1.
+        if isinstance(value, bool):
+            raise ValueError(f"{str(value).lower()} is not a number of GPUs; give a whole number")
         return value
 
     @field_validator("partition", "account", "qos")
