@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from slurm_sglang.bench import BenchReport, BenchSettings
     from slurm_sglang.image import SavedImage
     from slurm_sglang.launch_plan import Plan
+    from slurm_sglang.metrics import TargetReading
     from slurm_sglang.spec import Parallelism, ServeSpec
     from slurm_sglang.transport import Transport, Tunnel
 
@@ -239,6 +240,11 @@ def submit(
                                  f"slurm_sglang image save REF -o {image})")
         if api_key_file and not Path(api_key_file).is_file():
             raise UserInputError(f"--api-key-file: {api_key_file} does not exist")
+        # The script refuses it too (over SSH only the script can see the file).
+        if api_key_file and Path(api_key_file).stat().st_mode & 0o077:
+            mode = Path(api_key_file).stat().st_mode & 0o777
+            raise UserInputError(f"--api-key-file: {api_key_file} is readable by group or "
+                                 f"others (mode {mode:o}): chmod 600 {api_key_file}")
     report = check(sglang_args, cluster, nodes, sglang_parser=True, port=port,
                    health_timeout=health_timeout, image=image)
     if report.problems:
@@ -480,3 +486,21 @@ def bench(
         report.files.append(str(plot_report(report, plot, client)))
     return report
 
+
+
+def metrics(record: JobRecord, transport: Transport | None = None
+            ) -> tuple[JobView, list[TargetReading]]:
+    """Read every metrics endpoint of a ready job (its servers' and its router's), with curl
+    where the job's files are; a target that does not answer is a reading with its error."""
+    from slurm_sglang.metrics import read_all
+
+    own_transport = transport is None
+    transport = transport or _open_transport(record.host)
+    try:
+        view = job_view(record, transport)
+        if view.status is not JobStatus.READY or not view.endpoint:
+            return view, []
+        return view, read_all(transport, view.endpoint)
+    finally:
+        if own_transport:
+            transport.close()

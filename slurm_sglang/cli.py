@@ -14,6 +14,7 @@ from slurm_sglang.jobs import JobRecord, JobStatus, find_record, list_records
 
 if TYPE_CHECKING:
     from slurm_sglang import api
+    from slurm_sglang.metrics import TargetReading
 
 PROG = "slurm-sglang"
 EXIT_USAGE = 2
@@ -193,9 +194,11 @@ def _job_env(entries: Sequence[str]) -> dict[str, str]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """One job's status (the latest by default)."""
+    """One job's status (the latest by default); --watch: a live view until it ends."""
     from slurm_sglang import api
 
+    if getattr(args, "watch", False):
+        return _watch_status(args)
     view = api.job_view(find_record(args.job))
     text = f"job {view.record.job_id}: {view.status.value} ({view.phase})"
     if view.endpoint:
@@ -206,6 +209,97 @@ def cmd_status(args: argparse.Namespace) -> int:
     text += "".join(f"\n  {failure}" for failure in view.progress.failures)
     _emit(args, _view_dict(view), text)
     return 0
+
+
+def _live(frames: Callable[[], tuple[str, object, bool]], args: argparse.Namespace,
+          stream: TextIO | None = None) -> int:
+    """Show frames until the last one (or Ctrl-C): redrawn in place on a terminal, else each
+    changed frame as plain lines (a pipe, a log file), or one JSON object a line with --json."""
+    stream = stream or sys.stdout
+    terminal = stream.isatty() and not args.json
+    shown = None
+    try:
+        while True:
+            text, data, last = frames()
+            if args.json:
+                stream.write(json.dumps(data, default=str) + "\n")
+            elif terminal:
+                # Over the last frame from the top-left corner, each line and then the rest of
+                # the screen cleared: a clear-screen would push every frame into the scrollback.
+                lines = (time.strftime("%H:%M:%S  ") + text).split("\n")
+                stream.write("\x1b[H" + "".join(f"{line}\x1b[K\n" for line in lines) + "\x1b[J")
+            elif text != shown:
+                stream.write(f"--- {time.strftime('%H:%M:%S')}\n{text}\n")
+            shown = text
+            stream.flush()
+            if last:
+                return 0
+            time.sleep(args.interval)
+    except KeyboardInterrupt:
+        return 0
+
+
+def _metrics_data(view: api.JobView, readings: Sequence[TargetReading]) -> dict[str, object]:
+    return {"job_id": view.record.job_id, "status": view.status.value, "phase": view.phase,
+            "targets": [reading.to_dict() for reading in readings]}
+
+
+def _metrics_text(view: api.JobView, readings: Sequence[TargetReading]) -> str:
+    from slurm_sglang.metrics import table
+
+    if view.status is not JobStatus.READY:
+        return f"job {view.record.job_id} is {view.status.value} ({view.phase}): no metrics yet"
+    return table(readings)
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    """Every server's and the router's metrics as a table; --watch refreshes it."""
+    from slurm_sglang import api
+    from slurm_sglang.transport import transport_for
+
+    record = find_record(args.job)
+    with transport_for(record.host or None) as transport:
+        if args.watch:
+            def frame() -> tuple[str, object, bool]:
+                view, readings = api.metrics(record, transport)
+                return (_metrics_text(view, readings), _metrics_data(view, readings),
+                        view.status.finished)
+
+            return _live(frame, args)
+        view, readings = api.metrics(record, transport)
+    _emit(args, _metrics_data(view, readings), _metrics_text(view, readings))
+    if view.status is not JobStatus.READY:
+        return 1
+    return 0 if all(reading.ok for reading in readings) else 1
+
+
+def _status_frame(view: api.JobView, readings: Sequence[TargetReading]) -> str:
+    lines = [f"job {view.record.job_id}: {view.status.value} ({view.phase})"]
+    if view.endpoint:
+        nodes = view.endpoint.get("nodes")
+        lines.append(f"  url: {view.endpoint.get('url')}   nodes: "
+                     f"{', '.join(map(str, nodes)) if isinstance(nodes, list) else '-'}")
+    for replica in view.replicas:
+        lines.append(f"  replica {replica.get('replica')}: {replica.get('state')} "
+                     f"{replica.get('url')} nodes {replica.get('nodes')}")
+    lines += [f"  {failure}" for failure in view.progress.failures]
+    if readings:
+        lines += ["", _metrics_text(view, readings)]
+    return "\n".join(lines)
+
+
+def _watch_status(args: argparse.Namespace) -> int:
+    from slurm_sglang import api
+    from slurm_sglang.transport import transport_for
+
+    record = find_record(args.job)
+    with transport_for(record.host or None) as transport:
+        def frame() -> tuple[str, object, bool]:
+            view, readings = api.metrics(record, transport)
+            data = {**_view_dict(view), "metrics": [r.to_dict() for r in readings]}
+            return _status_frame(view, readings), data, view.status.finished
+
+        return _live(frame, args)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -498,6 +592,12 @@ def _ssh_options(parser: argparse.ArgumentParser) -> None:
                         help="accept and record an unknown SSH host key (check its fingerprint)")
 
 
+def _watch_options(parser: argparse.ArgumentParser, text: str) -> None:
+    parser.add_argument("--watch", "-w", action="store_true", help=text)
+    parser.add_argument("--interval", type=float, default=2.0,
+                        help="seconds between refreshes with --watch (default 2)")
+
+
 def _port(text: str) -> int:
     value = _positive_int(text)
     if value > 65535:
@@ -589,6 +689,14 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--follow", "-F", action="store_true", help="keep reading")
         if verb == "cancel":
             sub.add_argument("--timeout", type=float, help="seconds to wait (default 60)")
+        if verb == "status":
+            _watch_options(sub, "redraw a live view (phase, replicas, metrics) until the job "
+                           "ends; plain lines when not a terminal")
+    metrics = verbs.add_parser("metrics", help="a ready job's servers' and router's metrics")
+    metrics.add_argument("job", nargs="?", help="job id (default: the latest)")
+    metrics.add_argument("--json", action="store_true", help="print JSON (a line a refresh)")
+    _watch_options(metrics, "refresh the table in place until Ctrl-C or the job ends")
+    metrics.set_defaults(handler=cmd_metrics)
     tunnel = verbs.add_parser("tunnel", help="reach a job's API at http://127.0.0.1:PORT")
     tunnel.add_argument("job", nargs="?", help="job id (default: the latest)")
     tunnel.add_argument("--local-port", type=_port,

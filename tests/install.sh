@@ -14,10 +14,10 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 readonly REPO
 readonly VENV=${SLURM_SGLANG_VENV:-${REPO}/.venv}
 # The sandbox (SLURM, munge, podman with catatonit for `podman run --init`), the tests' own tools
-# (shellcheck, sshd), and python3-venv for the virtual environment.
+# (shellcheck, sshd, prometheus to scrape a job), and python3-venv for the virtual environment.
 readonly APT_PACKAGES=(slurmctld slurmd slurm-client munge podman runc catatonit pigz debootstrap
   iproute2 iptables curl util-linux mount procps shellcheck openssh-server openssh-client
-  python3 python3-venv)
+  python3 python3-venv prometheus)
 
 err() {
   printf 'tests/install.sh: %s\n' "$*" >&2

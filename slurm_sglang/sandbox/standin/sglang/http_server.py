@@ -15,6 +15,8 @@ from typing import Any
 
 from .chat import ChatJob
 from .completions import CompletionJob
+from .generation import Generation
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .native_generate import GenerateJob
 from .request_fields import DONE, Body, RequestError, error_body
 from .service import HeadService
@@ -114,6 +116,8 @@ class HeadHandler(_Handler):
     """The head's API: health, model and server info, OpenAI and native generation."""
 
     service: HeadService
+    # The generations of the request this connection is serving, once parsed (for /metrics).
+    admitted: list[Generation] | None = None
 
     def do_GET(self) -> None:
         """Route GET requests."""
@@ -131,6 +135,11 @@ class HeadHandler(_Handler):
                 self.reply_json(404, {"detail": "Not Found"})
             else:
                 self.reply_bytes(200 if self.service.ready.is_set() else 503, b"", None)
+            return
+        # sglang's API-key middleware lets /metrics through (utils/auth.py: for Prometheus
+        # scraping without secrets); without --enable-metrics it is not mounted at all.
+        if path == "/metrics" and self.service.metrics is not None:
+            self.reply_bytes(200, self.service.metrics.render().encode(), METRICS_CONTENT_TYPE)
             return
         if not self.service.authorized(self.headers.get("Authorization")):
             self.reply_json(401, {"error": "Unauthorized"})
@@ -172,6 +181,8 @@ class HeadHandler(_Handler):
             if self.service.fault == "no-tokens":
                 _no_tokens(request)
             self.service.count_running(+1)
+            self.admitted = None
+            started = time.monotonic()
             try:
                 self.service.before_forward()
                 if self.service.first_token_seconds > 0:
@@ -179,10 +190,27 @@ class HeadHandler(_Handler):
                 endpoint(request)
             finally:
                 self.service.count_running(-1)
+                self._finished(bool(request.get("stream")), time.monotonic() - started)
         except json.JSONDecodeError as error:
             self.reply_json(400, error_body(f"invalid JSON body: {error}"))
         except RequestError as error:
             self.reply_json(400, error_body(str(error)))
+
+    def _admit(self, generations: list[Generation]) -> None:
+        """The request is parsed and in the batch: its tokens count as used from now."""
+        self.admitted = generations
+        if self.service.metrics is not None:
+            self.service.metrics.started(_tokens(generations))
+
+    def _finished(self, streaming: bool, seconds: float) -> None:
+        metrics, generations = self.service.metrics, self.admitted
+        if metrics is None or generations is None:
+            return
+        self.admitted = None
+        first_token = self.service.first_token_seconds + self.service.token_seconds
+        metrics.finished(_tokens(generations),
+                         [(g.prompt_tokens, len(g.tokens)) for g in generations], streaming,
+                         min(first_token, seconds), seconds)
 
     def _pace(self, tokens: int) -> None:
         if self.service.token_seconds > 0:
@@ -190,6 +218,7 @@ class HeadHandler(_Handler):
 
     def _completions(self, request: Body) -> None:
         job = CompletionJob.from_body(request, self.service.name, self.service.context_length)
+        self._admit(job.generations)
         if job.stream:
             self.reply_events(job.events(self._pace))
         else:
@@ -197,6 +226,7 @@ class HeadHandler(_Handler):
 
     def _chat(self, request: Body) -> None:
         job = ChatJob.from_body(request, self.service.name, self.service.context_length)
+        self._admit(job.generations)
         if job.stream:
             self.reply_events(job.events(self._pace))
         else:
@@ -204,10 +234,15 @@ class HeadHandler(_Handler):
 
     def _generate(self, request: Body) -> None:
         job = GenerateJob.from_body(request, self.service.context_length)
+        self._admit(job.generations)
         if job.stream:
             self.reply_events(job.events(self._pace))
         else:
             self.reply_json(200, job.response(self._pace))
+
+
+def _tokens(generations: list[Generation]) -> int:
+    return sum(g.prompt_tokens + len(g.tokens) for g in generations)
 
 
 def _no_tokens(request: Body) -> None:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import __version__
+from .metrics import Metrics
 from .server_args import served_model_name
 
 DEFAULT_CONTEXT_LENGTH = 32768
@@ -33,6 +34,9 @@ class HeadService:
         self.created = int(time.time())
         self._running_lock = threading.Lock()
         self._running = 0
+        # sglang mounts /metrics only with --enable-metrics.
+        self.metrics = (Metrics(self.name, args.max_total_tokens) if args.enable_metrics
+                        else None)
         # Runs before every forward batch; the group makes it block once a peer is gone.
         self.before_forward: Callable[[], None] = lambda: None
 
