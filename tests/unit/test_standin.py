@@ -532,3 +532,31 @@ def test_generation_is_deterministic_and_honours_stop_and_max_tokens() -> None:
     assert stopped.matched_stop == stop_word and stop_word not in stopped.text
     sampled = {generation.generate("prompt", None, [], 1.0, 7, index).text for index in range(4)}
     assert len(sampled) > 1
+
+
+def test_metrics_only_with_enable_metrics(cluster: Cluster) -> None:
+    cluster.start(0, ["--model-path", MODEL, "--host", "127.0.0.1", "--port",
+                      str(cluster.http_port)])
+    cluster.wait_ready()
+    assert http(cluster.url("/metrics"))[0] == 404
+
+
+def test_metrics_count_the_requests_served_and_need_no_api_key(cluster: Cluster) -> None:
+    from slurm_sglang.metrics import parse_exposition, summarize_server
+
+    cluster.start(0, ["--model-path", MODEL, "--host", "127.0.0.1", "--port",
+                      str(cluster.http_port), "--api-key", "s3cret", "--enable-metrics"])
+    cluster.wait_ready()
+    key = {"Authorization": "Bearer s3cret"}
+    for _ in range(3):
+        status, _, _ = http(cluster.url("/v1/completions"),
+                            {"model": MODEL, "prompt": "Hi", "max_tokens": 5}, key)
+        assert status == 200
+    # n=2 is two of sglang's requests.
+    assert http(cluster.url("/v1/completions"),
+                {"model": MODEL, "prompt": "Hi", "max_tokens": 5, "n": 2}, key)[0] == 200
+    status, headers, text = http(cluster.url("/metrics"))
+    assert status == 200 and headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    values = summarize_server(parse_exposition(text)[1])
+    assert values["requests"] == 5 and values["generation_tokens"] == 25
+    assert values["running"] == 0

@@ -118,6 +118,7 @@ class HeadHandler(_Handler):
     service: HeadService
     # The generations of the request this connection is serving, once parsed (for /metrics).
     admitted: list[Generation] | None = None
+    started_at = 0.0
 
     def do_GET(self) -> None:
         """Route GET requests."""
@@ -182,7 +183,7 @@ class HeadHandler(_Handler):
                 _no_tokens(request)
             self.service.count_running(+1)
             self.admitted = None
-            started = time.monotonic()
+            self.started_at = time.monotonic()
             try:
                 self.service.before_forward()
                 if self.service.first_token_seconds > 0:
@@ -190,7 +191,8 @@ class HeadHandler(_Handler):
                 endpoint(request)
             finally:
                 self.service.count_running(-1)
-                self._finished(bool(request.get("stream")), time.monotonic() - started)
+                # A request that ended before its answer was complete (a client gone).
+                self._finished(bool(request.get("stream")))
         except json.JSONDecodeError as error:
             self.reply_json(400, error_body(f"invalid JSON body: {error}"))
         except RequestError as error:
@@ -202,15 +204,33 @@ class HeadHandler(_Handler):
         if self.service.metrics is not None:
             self.service.metrics.started(_tokens(generations))
 
-    def _finished(self, streaming: bool, seconds: float) -> None:
+    def _finished(self, streaming: bool) -> None:
+        """Count the request as finished, before its answer (or its [DONE]) goes out, as
+        sglang's tokenizer does: a client that has its answer reads it in /metrics."""
         metrics, generations = self.service.metrics, self.admitted
         if metrics is None or generations is None:
             return
         self.admitted = None
+        seconds = time.monotonic() - self.started_at
         first_token = self.service.first_token_seconds + self.service.token_seconds
         metrics.finished(_tokens(generations),
                          [(g.prompt_tokens, len(g.tokens)) for g in generations], streaming,
                          min(first_token, seconds), seconds)
+
+    def _answer(self, job: CompletionJob | ChatJob | GenerateJob) -> None:
+        if job.stream:
+            self.reply_events(self._counted(job.events(self._pace)))
+        else:
+            body = job.response(self._pace)
+            self._finished(False)
+            self.reply_json(200, body)
+
+    def _counted(self, events: Iterator[Body | str]) -> Iterator[Body | str]:
+        for event in events:
+            if event == DONE:
+                self._finished(True)
+            yield event
+        self._finished(True)
 
     def _pace(self, tokens: int) -> None:
         if self.service.token_seconds > 0:
@@ -219,26 +239,17 @@ class HeadHandler(_Handler):
     def _completions(self, request: Body) -> None:
         job = CompletionJob.from_body(request, self.service.name, self.service.context_length)
         self._admit(job.generations)
-        if job.stream:
-            self.reply_events(job.events(self._pace))
-        else:
-            self.reply_json(200, job.response(self._pace))
+        self._answer(job)
 
     def _chat(self, request: Body) -> None:
         job = ChatJob.from_body(request, self.service.name, self.service.context_length)
         self._admit(job.generations)
-        if job.stream:
-            self.reply_events(job.events(self._pace))
-        else:
-            self.reply_json(200, job.response(self._pace))
+        self._answer(job)
 
     def _generate(self, request: Body) -> None:
         job = GenerateJob.from_body(request, self.service.context_length)
         self._admit(job.generations)
-        if job.stream:
-            self.reply_events(job.events(self._pace))
-        else:
-            self.reply_json(200, job.response(self._pace))
+        self._answer(job)
 
 
 def _tokens(generations: list[Generation]) -> int:
