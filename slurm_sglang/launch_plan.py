@@ -437,9 +437,15 @@ RESERVED_FLAGS: Dict[str, str] = {
     "--host": "ranks listen on 0.0.0.0 so the head is reachable from other nodes",
 }
 # Secrets never travel on a command line, where ps and the logs would show them.
+# Refused by any prefix argparse accepts (--api-k, --api-ke=...), in check and in the script.
 SECRET_FLAGS: Dict[str, str] = {
     "--api-key": "--api-key on the command line shows in ps and in logs; put the key in a file "
     "and pass --api-key-file FILE, or set SLURM_SGLANG_API_KEY",
+    "--admin-api-key": "--admin-api-key on the command line shows in ps and in logs, and the "
+    "launcher has no private way to pass it yet; leave it out (the server's --api-key, from "
+    "--api-key-file FILE or SLURM_SGLANG_API_KEY, guards it)",
+    "--ssl-keyfile-password": "--ssl-keyfile-password on the command line shows in ps and in "
+    "logs; use a key file without a password, readable by you only",
 }
 MODEL_DEST = "model_path"
 # dest -> the spelling named in messages; the seed's short forms are prefixes argparse accepts.

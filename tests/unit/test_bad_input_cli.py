@@ -76,6 +76,7 @@ def test_script_outside_allocation_refuses(script: Path, tmp_path: Path, case: s
     args, expected = SCRIPT_CASES[case]
     canary = tmp_path / "pwned"
     (tmp_path / "empty-key").write_text("")
+    (tmp_path / "empty-key").chmod(0o600)
     result = subprocess.run(["bash", str(script), *_fill(args, canary, tmp_path)],
                             capture_output=True, text=True, env=_no_slurm_env(), cwd=tmp_path,
                             timeout=30)

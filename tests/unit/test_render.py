@@ -33,7 +33,7 @@ def _profile(runtime: str, fabric: str) -> ClusterProfile:
         "container": {"runtime": runtime, "mounts": ["/data:/data:ro"],
                       "run_args": RUN_ARGS[runtime], "activate": activate},
         "fabric": {"kind": fabric, "env": {"NCCL_DEBUG": "WARN", "ODD": "a 'b' $c"}},
-        "slurm": {"partition": "gpu", "account": "ml team", "time": "04:00:00",
+        "slurm": {"partition": "gpu", "account": "ml-team", "time": "04:00:00",
                   "extra_directives": ["--mem=0"]},
     })
 
@@ -97,7 +97,7 @@ def test_committed_run_sbatch_equals_fresh_render() -> None:
 
 def test_values_are_quoted_once() -> None:
     script = render_script(_profile("docker", "tcp"))
-    assert "#SBATCH --account=ml team" in script
+    assert "#SBATCH --account=ml-team" in script
     assert "  export ODD='a '\"'\"'b'\"'\"' $c'" in script
     assert "  RUN_ARGS+=(--label)\n  RUN_ARGS+=('site=a b')\n" in script
 
@@ -107,7 +107,7 @@ def test_sbatch_header_from_profile() -> None:
     header = [line for line in script.splitlines() if line.startswith("#SBATCH")]
     assert header == [
         "#SBATCH --job-name=sglang", "#SBATCH --nodes=4", "#SBATCH --partition=gpu",
-        "#SBATCH --account=ml team", "#SBATCH --time=04:00:00", "#SBATCH --gpus-per-node=8",
+        "#SBATCH --account=ml-team", "#SBATCH --time=04:00:00", "#SBATCH --gpus-per-node=8",
         "#SBATCH --ntasks-per-node=1", "#SBATCH --exclusive", "#SBATCH --mem=0",
     ]
 

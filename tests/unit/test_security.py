@@ -438,3 +438,59 @@ def test_hostile_profile_files_get_one_line(tmp_path: Path, content: bytes, expe
                            str(path)], capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 2, done.stderr[-500:]
     assert done.stderr.count("\n") == 1 and expected in done.stderr, done.stderr[-500:]
+
+
+# ---- 2. secret and reserved flags by abbreviation ---------------------------------------------
+
+SECRET_SPELLINGS = [["--api-k", "S3CRET"], ["--api-ke=S3CRET"], ["--admin-api-key", "S3CRET"],
+                    ["--admin-api", "S3CRET"], ["--ssl-keyfile-password", "S3CRET"],
+                    ["--ssl-keyfile-pass=S3CRET"]]
+
+
+@pytest.mark.parametrize("flag", SECRET_SPELLINGS, ids=lambda flag: flag[0].split("=")[0])
+def test_secret_flags_are_refused_by_prefix_in_check(flag: list[str]) -> None:
+    from slurm_sglang.launch_plan import SpecError, validate_argv
+
+    with pytest.raises(SpecError) as refused:
+        validate_argv(["--model-path", "m", *flag])
+    assert "S3CRET" not in str(refused.value)
+    assert "command line" in str(refused.value)
+
+
+@pytest.mark.parametrize("flag", [*SECRET_SPELLINGS, ["--node-r", "1"], ["--hos", "0.0.0.0"]],
+                         ids=lambda flag: flag[0].split("=")[0])
+def test_secret_and_reserved_flags_are_refused_by_prefix_in_the_script(
+        tmp_path: Path, flag: list[str]) -> None:
+    from slurm_sglang.render import write_script
+
+    script = tmp_path / "run.sbatch"
+    write_script(render_script(load_profile("tcp")), script)
+    env = {key: value for key, value in os.environ.items() if not key.startswith("SLURM_")}
+    done = subprocess.run(["bash", str(script), "--model-path", "m", *flag],
+                          capture_output=True, text=True, timeout=60, check=False, env=env)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and "S3CRET" not in done.stderr, done.stderr
+    assert "command line" in done.stderr or "set by the launcher" in done.stderr, done.stderr
+
+
+def test_api_key_file_others_can_read_is_refused(tmp_path: Path) -> None:
+    from slurm_sglang import api
+    from slurm_sglang.errors import UserInputError
+    from slurm_sglang.render import write_script
+
+    key = tmp_path / "key"
+    key.write_text("k3y\n")
+    key.chmod(0o644)
+    script = tmp_path / "run.sbatch"
+    write_script(render_script(load_profile("tcp")), script)
+    env = {key: value for key, value in os.environ.items() if not key.startswith("SLURM_")}
+    done = subprocess.run(["bash", str(script), "--api-key-file", str(key), "--model-path", "m"],
+                          capture_output=True, text=True, timeout=60, check=False, env=env)
+    assert done.returncode == 2 and "readable by group or others" in done.stderr, done.stderr
+    with pytest.raises(UserInputError, match="readable by group or others"):
+        api.submit(["--model-path", "m"], cluster="tcp", nodes=1, workspace=str(tmp_path),
+                   api_key_file=str(key))
+    key.chmod(0o600)
+    done = subprocess.run(["bash", str(script), "--api-key-file", str(key), "--model-path", "m"],
+                          capture_output=True, text=True, timeout=60, check=False, env=env)
+    assert "readable by group" not in done.stderr
