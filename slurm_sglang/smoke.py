@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -92,6 +93,27 @@ class SmokeReport:
         }
 
 
+class _SameOriginCredentials(urllib.request.HTTPRedirectHandler):
+    """Follow redirects, but take the API key only to the scheme, host and port it was for.
+
+    urllib copies every header onto the redirected request: a redirect would hand the key to
+    whatever host the answer names.
+    """
+
+    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str,
+                         headers: Any, newurl: str) -> urllib.request.Request | None:
+        """The redirected request, without Authorization when it leaves the origin."""
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and _origin(new.full_url) != _origin(req.full_url):
+            new.remove_header("Authorization")
+        return new
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme, (parts.hostname or "").lower(), parts.port
+
+
 class _Client:
     """JSON over HTTP to one endpoint, with the API key on every request."""
 
@@ -100,7 +122,8 @@ class _Client:
         self.base = url.rstrip("/").removesuffix("/v1")
         self.timeout = timeout
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        self.opener = urllib.request.build_opener(urllib.request.ProxyHandler({}),
+                                                  _SameOriginCredentials())
 
     def _request(self, path: str, body: Json | None) -> urllib.request.Request:
         data = None if body is None else json.dumps(body).encode()

@@ -494,3 +494,55 @@ def test_api_key_file_others_can_read_is_refused(tmp_path: Path) -> None:
     done = subprocess.run(["bash", str(script), "--api-key-file", str(key), "--model-path", "m"],
                           capture_output=True, text=True, timeout=60, check=False, env=env)
     assert "readable by group" not in done.stderr
+
+
+# ---- 8. the key on redirects --------------------------------------------------------------------
+
+
+def test_smoke_sends_no_key_across_a_redirect_to_another_origin() -> None:
+    import http.server
+    import threading
+
+    from slurm_sglang.smoke import _Client
+
+    seen: list[str | None] = []
+
+    class Target(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("Authorization"))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    target = http.server.HTTPServer(("127.0.0.1", 0), Target)
+
+    class Redirect(Target):
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("Authorization"))
+            self.send_response(302)
+            where = (f"http://127.0.0.1:{target.server_port}" if self.path == "/away"
+                     else f"http://127.0.0.1:{source.server_port}/same")
+            self.send_header("Location", where)
+            self.end_headers()
+
+    class Both(Redirect):
+        def do_GET(self) -> None:
+            (Target.do_GET if self.path == "/same" else Redirect.do_GET)(self)
+
+    source = http.server.HTTPServer(("127.0.0.1", 0), Both)
+    for server in (target, source):
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = _Client(f"http://127.0.0.1:{source.server_port}", "S3CRET", 10)
+        client.call("/away")
+        assert seen == ["Bearer S3CRET", None]
+        seen.clear()
+        client.call("/here")
+        assert seen == ["Bearer S3CRET", "Bearer S3CRET"]
+    finally:
+        for server in (target, source):
+            server.shutdown()
