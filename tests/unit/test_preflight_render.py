@@ -12,6 +12,7 @@ from slurm_sglang.preflight_launch import ONLY_FLAG, preflight_command
 from slurm_sglang.profile import ClusterProfile, PreflightSettings
 from slurm_sglang.render import PACKAGE_DIR, SUPPORT_DIR_NAME, render_script, write_script
 
+
 def _script(tmp_path: Path, profile: ClusterProfile) -> Path:
     path = tmp_path / "run.sbatch"
     write_script(render_script(profile), path)
