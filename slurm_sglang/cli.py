@@ -598,10 +598,27 @@ def _watch_options(parser: argparse.ArgumentParser, text: str) -> None:
                         help="seconds between refreshes with --watch (default 2)")
 
 
+def _bounded(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: a plainly written whole number from low to high (launch_plan's rule,
+    the one the script applies: no '08', '+8', '1_6' or fullwidth digits)."""
+    from slurm_sglang.launch_plan import UserInputError, bounded_int
+
+    def convert(text: str) -> int:
+        try:
+            return bounded_int("value", text, low, high)
+        except UserInputError:
+            raise argparse.ArgumentTypeError(
+                f"{text[:40]!r} is not a whole number from {low} to {high}") from None
+
+    return convert
+
+
 def _port(text: str) -> int:
+    from slurm_sglang.launch_plan import PORT_MAX, PORT_MIN
+
     value = _positive_int(text)
-    if value > 65535:
-        raise argparse.ArgumentTypeError(f"{value} is not a TCP port (1-65535)")
+    if not PORT_MIN <= value <= PORT_MAX:
+        raise argparse.ArgumentTypeError(f"{value} is not a TCP port ({PORT_MIN}-{PORT_MAX})")
     return value
 
 
@@ -613,6 +630,11 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+# Bounds of issue 23 item 7, as launch_plan applies them in the script.
+_NODES = _bounded(1, 10000)
+_GPUS_PER_NODE = _bounded(1, 64)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -630,14 +652,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     render = verbs.add_parser("render", help="write run.sbatch for a cluster profile")
     _profile_cluster_option(render)
-    render.add_argument("--nodes", type=_positive_int, help="add #SBATCH --nodes=N")
+    render.add_argument("--nodes", type=_NODES, help="add #SBATCH --nodes=N")
     render.add_argument("-o", "--output", help="file to write (default: standard output)")
     render.set_defaults(handler=cmd_render)
 
     check = verbs.add_parser("check", help="check sglang arguments against a profile")
     _profile_cluster_option(check)
-    check.add_argument("--nodes", type=_positive_int, help="nodes to check against")
-    check.add_argument("--gpus-per-node", type=_positive_int,
+    check.add_argument("--nodes", type=_NODES, help="nodes to check against")
+    check.add_argument("--gpus-per-node", type=_GPUS_PER_NODE,
                        help="GPUs a node has (default: the profile's slurm.gpus_per_node)")
     check.add_argument("--json", action="store_true", help="print one JSON object")
     check.add_argument("--sglang-parser", action=argparse.BooleanOptionalAction, default=True,
@@ -648,7 +670,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     submit = verbs.add_parser("submit", help="submit a serving job and follow it until ready")
     _profile_cluster_option(submit)
-    submit.add_argument("--nodes", type=_positive_int, help="nodes (default: what tp*pp*dp needs)")
+    submit.add_argument("--nodes", type=_NODES, help="nodes (default: what tp*pp*dp needs)")
     submit.add_argument("--time", help="time limit (e.g. 04:00:00; default: the profile's)")
     submit.add_argument("--partition", help="SLURM partition (default: the profile's)")
     submit.add_argument("--name", default="sglang", help="job name (default: sglang)")

@@ -507,7 +507,13 @@ def validate_argv(argv: Sequence[str], version: str = LATEST_KNOWN) -> None:
                 named, RESERVED_FLAGS[reserved[flag]]))
         if flag in secret:
             raise SpecError(SECRET_FLAGS[secret[flag]])
-        found_model = found_model or (spec.dest == MODEL_DEST and bool(option.values(argv)))
+        if spec.dest == MODEL_DEST:
+            values = option.values(argv)
+            # argparse keeps the last one; an empty path only fails in the job, minutes later.
+            if values and not values[0].strip():
+                raise SpecError("{}: the model path is empty; give a path or a hub id (e.g. "
+                                "--model-path Qwen/Qwen2.5-7B-Instruct)".format(named))
+            found_model = found_model or bool(values)
     if not found_model:
         raise SpecError("--model-path is required (e.g. --model-path Qwen/Qwen2.5-7B-Instruct)")
 
@@ -518,14 +524,35 @@ def model_path(argv: Sequence[str], version: str = LATEST_KNOWN) -> str:
     return kept[1][0] if kept and kept[1] else ""
 
 
+# Bounds on what a request may ask for (issue 23, item 7): far above any real cluster, low enough
+# that the placement's loops and arithmetic stay instant and exact.
+SIZE_MAX = 65536
+NODES_MAX = 10000
+GPUS_PER_NODE_MAX = 64
+PORT_MIN, PORT_MAX = 1024, 65535
+# ASCII digits with no leading zero: Python's int() also takes '08', '1_6', '+8' and fullwidth
+# digits (and sglang's argparse with it), but bash arithmetic reads '08' as octal and the rest
+# not at all.
+_WHOLE = re.compile(r"^[1-9][0-9]{0,5}$")
+
+
+def bounded_int(field: str, raw: str, low: int, high: int, example: str = "8") -> int:
+    """A whole number written plainly (digits only, no sign, no leading zero) within bounds,
+    or one UserInputError naming the field."""
+    if not _WHOLE.match(raw) or not low <= int(raw) <= high:
+        raise UserInputError("{}: {!r} is not a whole number from {} to {} (digits only, no "
+                             "sign or leading zero; e.g. {} {})".format(
+                                 field, raw[:40], low, high, field, example))
+    return int(raw)
+
+
 def _size(option: ParsedOption, values: Tuple[str, ...]) -> int:
     if not values:
         raise SpecError("{}: missing value (e.g. {} 8)".format(option.spelling, option.spelling))
-    raw = values[0]
-    if not re.match(r"^[0-9]+$", raw.strip()) or int(raw) < 1:
-        raise SpecError("{}: {!r} is not a whole number of at least 1 (e.g. {} 8)".format(
-            option.spelling, raw, option.spelling))
-    return int(raw)
+    try:
+        return bounded_int(option.spelling, values[0], 1, SIZE_MAX)
+    except UserInputError as exc:
+        raise SpecError(str(exc)) from None
 
 
 def parse_parallelism(argv: Sequence[str], version: str = LATEST_KNOWN) -> Parallelism:
@@ -660,7 +687,8 @@ def nodes_needed(par: Parallelism, gpus_per_node: int) -> int:
     """Nodes the request needs: total GPUs over GPUs per node, rounded up."""
     if gpus_per_node <= 0:
         return 1
-    return max(1, ceil(par.total_gpus / gpus_per_node))
+    # Integer ceiling: a float division overflows (a traceback) on a huge size.
+    return max(1, -(-par.total_gpus // gpus_per_node))
 
 
 def check_parallelism(par: Parallelism, nodes: int, gpus_per_node: int) -> List[str]:
@@ -681,9 +709,23 @@ def check_parallelism(par: Parallelism, nodes: int, gpus_per_node: int) -> List[
 
 def plan(par: Parallelism, nodes: int, gpus_per_node: int, port: int = 30000) -> Plan:
     """Place the servers on the allocation, or raise PlanError with the arithmetic."""
-    if nodes < 1:
-        raise PlanError("an allocation needs at least one node, got {}".format(nodes))
+    if not 1 <= nodes <= NODES_MAX:
+        raise PlanError("nodes: {} (the allocation's, or what tp*pp*dp needs) is not from 1 "
+                        "to {}".format(nodes, NODES_MAX))
+    if not 0 <= gpus_per_node <= GPUS_PER_NODE_MAX:
+        raise PlanError("GPUs per node: {} is not from 1 to {}".format(
+            gpus_per_node, GPUS_PER_NODE_MAX))
+    if not PORT_MIN <= port <= PORT_MAX:
+        raise PlanError("--port: {} is not a TCP port from {} to {}".format(
+            port, PORT_MIN, PORT_MAX))
     if uses_replicas(par, nodes):
+        # The replicas' HTTP block and the router's metrics port sit right above --port.
+        top = router_metrics_port(port, par.dp)
+        if top > PORT_MAX:
+            raise PlanError(
+                "--dp {} replicas take HTTP ports {}..{} and the router's metrics port {}, past "
+                "{}: lower --port to at most {} or lower --dp".format(
+                    par.dp, port + 1, port + par.dp, top, PORT_MAX, PORT_MAX - 1 - par.dp))
         if gpus_per_node < 1:
             raise PlanError(
                 "--dp {} across {} nodes needs the GPUs per node (salloc --gpus-per-node=N, or "
@@ -892,11 +934,12 @@ def shell_assignments(result: Launch) -> str:
 
 
 def _int_option(args: List[str], name: str, default: int) -> int:
-    if name not in args:
+    value = _str_option(args, name, "")
+    if not value:
         return default
-    at = args.index(name)
-    value = args[at + 1]
-    del args[at:at + 2]
+    # "0" means "not known" for --gpus-per-node and --min-replicas; bounds are plan()'s.
+    if not re.match(r"^(0|[1-9][0-9]{0,8})$", value):
+        raise UserInputError("{}: {!r} is not a whole number".format(name, value[:40]))
     return int(value)
 
 
@@ -904,6 +947,8 @@ def _str_option(args: List[str], name: str, default: str) -> str:
     if name not in args:
         return default
     at = args.index(name)
+    if at + 1 >= len(args):
+        raise UserInputError("{} needs a value".format(name))
     value = args[at + 1]
     del args[at:at + 2]
     return value
@@ -921,18 +966,18 @@ def main(argv: Sequence[str]) -> int:
     mode = argv[0]
     split = list(argv).index("--") if "--" in argv else len(argv)
     options = list(argv[1:split])
-    request = LaunchRequest(
-        argv=tuple(argv[split + 1:]),
-        nodes=_int_option(options, "--nodes", 1),
-        gpus_per_node=_int_option(options, "--gpus-per-node", 0),
-        port=_int_option(options, "--port", 30000),
-        version=_str_option(options, "--sglang-version", "") or LATEST_KNOWN,
-        router_source=_str_option(options, "--router-source", "image"),
-        router_venv=_str_option(options, "--router-venv", ""),
-        container_cli=_str_option(options, "--container-cli", "docker"),
-        min_replicas=_int_option(options, "--min-replicas", 0),
-    )
     try:
+        request = LaunchRequest(
+            argv=tuple(argv[split + 1:]),
+            nodes=_int_option(options, "--nodes", 1),
+            gpus_per_node=_int_option(options, "--gpus-per-node", 0),
+            port=_int_option(options, "--port", 30000),
+            version=_str_option(options, "--sglang-version", "") or LATEST_KNOWN,
+            router_source=_str_option(options, "--router-source", "image"),
+            router_venv=_str_option(options, "--router-venv", ""),
+            container_cli=_str_option(options, "--container-cli", "docker"),
+            min_replicas=_int_option(options, "--min-replicas", 0),
+        )
         if mode == "argv":
             rewritten = rewrite_argv(request.argv, request.version).argv
             validate_argv(rewritten, request.version)

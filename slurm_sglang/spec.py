@@ -12,6 +12,9 @@ from collections.abc import Sequence
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from slurm_sglang.launch_plan import (
+    NODES_MAX,
+    PORT_MAX,
+    PORT_MIN,
     Parallelism,
     SpecError,
     check_parallelism,
@@ -38,11 +41,11 @@ class ServeSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     sglang_args: tuple[str, ...]
-    port: int = Field(default=30000, ge=1, le=65535)
-    dist_port: int = Field(default=0, ge=0, le=65535)
+    port: int = Field(default=30000, ge=PORT_MIN, le=PORT_MAX)
+    dist_port: int = Field(default=0, ge=0, le=PORT_MAX)
     health_timeout: int = Field(default=1800, ge=1)
     image: str = ""
-    nodes: int | None = Field(default=None, ge=1)
+    nodes: int | None = Field(default=None, ge=1, le=NODES_MAX)
 
     @field_validator("sglang_args")
     @classmethod

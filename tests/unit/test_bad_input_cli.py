@@ -140,7 +140,7 @@ CLI_CASES: dict[str, tuple[list[str], str]] = {
                                     "--tp", TOUCH], "is not a whole number"),
     "check-host-given": (["check", "--", "--model-path", "m", "--host", "1.2.3.4"],
                          "--host"),
-    "render-nodes-zero": (["render", "--nodes", "0"], "must be at least 1"),
+    "render-nodes-zero": (["render", "--nodes", "0"], "is not a whole number from 1 to 10000"),
     "render-unknown-verb-option": (["render", "--nodez", "2"], "unrecognized arguments"),
 }
 

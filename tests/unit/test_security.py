@@ -546,3 +546,77 @@ def test_smoke_sends_no_key_across_a_redirect_to_another_origin() -> None:
     finally:
         for server in (target, source):
             server.shutdown()
+
+
+# ---- 7. bad input: parallel sizes, bounds and ports ---------------------------------------------
+
+CHECK = [sys.executable, "-m", "slurm_sglang", "check", "--no-sglang-parser"]
+BAD_INPUT = {
+    "tp-leading-zero": (["--", "--model-path", "m", "--tp", "08"], "--tp: '08'"),
+    "tp-underscore": (["--", "--model-path", "m", "--tp", "1_6"], "--tp: '1_6'"),
+    "tp-fullwidth": (["--", "--model-path", "m", "--tp", "\uff18"], "--tp: '\uff18'"),
+    "tp-plus": (["--", "--model-path", "m", "--tp", "+8"], "--tp: '+8'"),
+    "tp-10^26": (["--", "--model-path", "m", "--tp", "1" + "0" * 26], "--tp: '1000"),
+    "tp-above-65536": (["--", "--model-path", "m", "--tp", "65537"], "from 1 to 65536"),
+    "dp-above-65536": (["--", "--model-path", "m", "--dp", "65537"], "--dp: '65537'"),
+    "model-path-empty": (["--", "--model-path", ""], "--model-path: the model path is empty"),
+    "nodes-10^8": (["--nodes", "100000000", "--", "--model-path", "m", "--dp", "100000000"],
+                   "--nodes: '100000000' is not a whole number from 1 to 10000"),
+    "nodes-above-10000": (["--nodes", "10001", "--", "--model-path", "m"], "--nodes: '10001'"),
+    "nodes-leading-zero": (["--nodes", "08", "--", "--model-path", "m"], "--nodes: '08'"),
+    "gpus-per-node-above-64": (["--gpus-per-node", "65", "--", "--model-path", "m"],
+                               "--gpus-per-node: '65'"),
+    "ports-past-65535": (["--nodes", "5000", "--", "--model-path", "m", "--dp", "40000"],
+                         "past 65535: lower --port"),
+    "nodes-needed-above-10000": (["--", "--model-path", "m", "--tp", "65536", "--pp", "65536"],
+                                 "is not from 1 to 10000"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUT, ids=str)
+def test_check_refuses_bad_sizes_and_bounds_in_one_line(case: str) -> None:
+    argv, expected = BAD_INPUT[case]
+    done = subprocess.run([*CHECK, *argv], capture_output=True, text=True, timeout=30,
+                          check=False)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr, done.stderr[-800:]
+    reported = [line for line in (done.stderr + done.stdout).splitlines() if expected in line]
+    assert len(reported) == 1, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--nodes", "10001"], "--nodes: '10001'"),
+    (["--port", "80"], "--port: 80 is not a TCP port (1024-65535)"),
+], ids=["nodes", "port"])
+def test_submit_refuses_out_of_bounds_before_anything(argv: list[str], expected: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "slurm_sglang", "submit", *argv, "--",
+                           "--model-path", "m"], capture_output=True, text=True, timeout=30,
+                          check=False)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert expected in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("options, sglang, expected", [
+    (["--nodes", "100000000", "--gpus-per-node", "8"], ["--dp", "100000000"], "--dp: '100000000'"),
+    (["--nodes", "100000000", "--gpus-per-node", "8"], [], "nodes: 100000000"),
+    (["--nodes", "x"], [], "--nodes: 'x' is not a whole number"),
+    (["--nodes", "1", "--gpus-per-node", "65"], [], "GPUs per node: 65"),
+    (["--nodes", "1", "--port", "80"], [], "--port: 80 is not a TCP port"),
+    (["--nodes", "1", "--port"], [], "--port needs a value"),
+    (["--nodes", "4", "--gpus-per-node", "8", "--port", "65534"], ["--dp", "4"],
+     "past 65535: lower --port to at most 65530"),
+], ids=["dp-10^8", "nodes-10^8", "nodes-text", "gpus-65", "port-80", "port-missing",
+        "replica-ports-past-65535"])
+def test_the_scripts_plan_refuses_in_one_line(tmp_path: Path, options: list[str],
+                                              sglang: list[str], expected: str) -> None:
+    # As the script runs it: python3 -I -S, the file alone beside its data.
+    import slurm_sglang.launch_plan as launch_plan
+
+    source = Path(launch_plan.__file__)
+    shutil.copy(source, tmp_path / "launch_plan.py")
+    shutil.copytree(source.parent / "data", tmp_path / "data")
+    done = subprocess.run(["python3", "-I", "-S", str(tmp_path / "launch_plan.py"), "bash",
+                           *options, "--", "--model-path", "m", *sglang],
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert expected in done.stderr and not done.stdout, done.stderr
