@@ -209,6 +209,61 @@ def test_process_runtimes_number_gpus_as_cuda_does(tmp_path: Path) -> None:
     assert out.stdout.splitlines() == ["1", "0,1"]
 
 
+# A node of 4 GPUs shared with another job: SLURM granted global ids 2,3; with device cgroups
+# the step's CUDA_VISIBLE_DEVICES is 0,1 and nvidia-smi in the step lists only those two.
+SHARED_NODE = ("NODE_GPUS=2,3; export CUDA_VISIBLE_DEVICES=0,1; GPUS_MODE={mode}; "
+               "nvidia-smi() {{ [[ $* == '--query-gpu=index,uuid --format=csv,noheader' ]] "
+               "&& printf '0, GPU-aaa\\n1, GPU-bbb\\n'; }}; ")
+DOCKER_RANK = ('docker() {{ printf "%s\\n" "$@" >"{out}"; }}; CONTAINER_CLI=docker IMAGE_REF=i '
+               "SLURM_JOB_ID=7 JOB_USER=u SLURM_NODEID=0 RANK_LOG=/dev/null WORKSPACE=/w; "
+               "SGLANG_ENTRY=(-m sglang.launch_server); RANK_MOUNTS=(); CONTAINER_ENV=(); "
+               "FABRIC_DEVICES=(); RANK_GPUS={gpus} rank_launch --x; wait")
+
+
+@pytest.mark.parametrize(("mode", "gpus", "expected"), [
+    # docker run --gpus '"device=UUID,UUID"' (docker run reference, "Access an NVIDIA GPU").
+    ("docker", "2,3", ["--gpus", '"device=GPU-aaa,GPU-bbb"']),
+    ("docker", "3", ["--gpus", '"device=GPU-bbb"']),
+    # CDI names (NVIDIA Container Toolkit, "Support for Container Device Interface").
+    ("cdi", "3", ["--device", "nvidia.com/gpu=GPU-bbb"]),
+    ("env", "2,3", ["--env", "CUDA_VISIBLE_DEVICES", "--env", "CUDA_DEVICE_ORDER"]),
+])
+def test_docker_gets_the_granted_gpus_by_uuid_on_a_shared_node(
+        tmp_path: Path, mode: str, gpus: str, expected: list[str]) -> None:
+    script = _script(tmp_path, "docker", "tcp")
+    out = _bash(script, SHARED_NODE.format(mode=mode)
+                + DOCKER_RANK.format(out=tmp_path / "argv", gpus=gpus)
+                + '; echo "$CUDA_VISIBLE_DEVICES|$CUDA_DEVICE_ORDER"')
+    assert out.returncode == 0, out.stderr
+    argv = (tmp_path / "argv").read_text().splitlines()
+    at = argv.index(expected[0])
+    assert argv[at: at + len(expected)] == expected, argv
+    assert not any(word.startswith("nvidia.com/gpu=") and "GPU-" not in word for word in argv)
+    if mode == "env":
+        assert out.stdout.splitlines()[-1] == "GPU-aaa,GPU-bbb|PCI_BUS_ID"
+
+
+def test_docker_falls_back_to_slurm_ids_without_nvidia_smi_and_says_so(tmp_path: Path) -> None:
+    script = _script(tmp_path, "docker", "tcp")
+    # nvidia-smi that lists nothing (the sandbox's pretend GPUs have no driver behind them).
+    out = _bash(script, "NODE_GPUS=2,3; export CUDA_VISIBLE_DEVICES=2,3; GPUS_MODE=docker; "
+                "nvidia-smi() { return 9; }; "
+                + DOCKER_RANK.format(out=tmp_path / "argv", gpus="3"))
+    argv = (tmp_path / "argv").read_text().splitlines()
+    assert argv[argv.index("--gpus") + 1] == '"device=3"'
+    assert "no GPU UUIDs from nvidia-smi on n1" in out.stderr
+
+
+def test_process_runtime_rank_sees_the_step_ordinals_in_pci_order(tmp_path: Path) -> None:
+    script = _script(tmp_path, "none", "tcp")
+    out = _bash(script, SHARED_NODE.format(mode="env") + "RANK_LOG=/dev/null WORKSPACE=/; "
+                "CONTAINER_ENV=(); FABRIC_DEVICES=(); SGLANG_ENTRY=(-c 'import os; "
+                "print(os.environ[\"CUDA_VISIBLE_DEVICES\"], os.environ[\"CUDA_DEVICE_ORDER\"])'); "
+                "RANK_LOG=" + str(tmp_path / "rank.log") + " RANK_GPUS=3 rank_launch; wait")
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "rank.log").read_text().split() == ["1", "PCI_BUS_ID"]
+
+
 @pytest.mark.parametrize(("runtime", "key"), [
     ("enroot", "container.run_args: --ulimit"),
     ("apptainer", "container.run_args: --ulimit"),
