@@ -548,6 +548,75 @@ def test_smoke_sends_no_key_across_a_redirect_to_another_origin() -> None:
             server.shutdown()
 
 
+
+# ---- 6. the image-id cache ----------------------------------------------------------------------
+
+GOOD_ID, EVIL_ID = "a" * 64, "b" * 64
+
+
+def _tarball(folder: Path) -> Path:
+    """An image tarball as docker save writes it, as far as identify_image reads it."""
+    import io
+    import json
+    import tarfile
+
+    path = folder / "images" / "sglang.tar"
+    path.parent.mkdir(parents=True)
+    manifest = json.dumps([{"Config": f"blobs/sha256/{GOOD_ID}",
+                            "RepoTags": ["good/sglang:1"], "Layers": []}],
+                          separators=(",", ":")).encode()
+    with tarfile.open(path, "w") as tar:
+        info = tarfile.TarInfo("manifest.json")
+        info.size = len(manifest)
+        tar.addfile(info, io.BytesIO(manifest))
+    return path
+
+
+IDENTIFY = 'IMAGE=$1; identify_image; echo "id=${IMAGE_ID} ref=${IMAGE_REF}"\n'
+
+
+def test_a_forged_image_id_file_beside_the_tarball_is_not_trusted(tmp_path: Path) -> None:
+    tarball = _tarball(tmp_path)
+    info = tarball.stat()
+    # What the old cache trusted: the tarball's size and mtime, written by anyone who can write
+    # beside it.
+    (tarball.parent / "sglang.tar.slurm-sglang-id").write_text(
+        f"{info.st_size}:{int(info.st_mtime)} {EVIL_ID} docker.io/attacker/evil:latest\n")
+    script = _script(tmp_path)
+    cache_home = tmp_path / "cache"
+    done = subprocess.run(["bash", "-c", PRELUDE + IDENTIFY, "test", str(script), str(tarball)],
+                          capture_output=True, text=True, timeout=60, check=False,
+                          env={**os.environ, "XDG_CACHE_HOME": str(cache_home)})
+    assert f"id={GOOD_ID} ref=good/sglang:1" in done.stdout, done.stdout + done.stderr
+    assert "evil" not in done.stdout
+    # The cache it keeps is the user's own: a 0700 directory, a 0600 file.
+    folder = cache_home / "slurm-sglang" / "image-ids"
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    (entry,) = folder.iterdir()
+    assert stat.S_IMODE(entry.stat().st_mode) == 0o600
+    assert entry.read_text().split() == [GOOD_ID, "good/sglang:1"]
+
+
+def test_the_private_image_id_cache_is_keyed_by_the_tarball_itself(tmp_path: Path) -> None:
+    tarball = _tarball(tmp_path)
+    script = _script(tmp_path)
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+
+    def identify() -> str:
+        return subprocess.run(["bash", "-c", PRELUDE + IDENTIFY, "test", str(script),
+                               str(tarball)], capture_output=True, text=True, timeout=60,
+                              check=False, env=env).stdout
+
+    assert f"id={GOOD_ID}" in identify()
+    (entry,) = (tmp_path / "cache" / "slurm-sglang" / "image-ids").iterdir()
+    # The entry is what the next job reads (no decompressing the tarball again) ...
+    entry.write_text(f"{EVIL_ID} mine/sglang:2\n")
+    assert f"id={EVIL_ID} ref=mine/sglang:2" in identify()
+    # ... until the tarball changes: a rewrite changes its ctime, which touch cannot set back.
+    os.utime(tarball, (tarball.stat().st_atime, tarball.stat().st_mtime))
+    assert f"id={GOOD_ID} ref=good/sglang:1" in identify()
+
+
 # ---- 7. bad input: parallel sizes, bounds and ports ---------------------------------------------
 
 CHECK = [sys.executable, "-m", "slurm_sglang", "check", "--no-sglang-parser"]
