@@ -112,8 +112,8 @@ def test_log_tail_reads_a_log_whose_path_looks_like_an_option(tmp_path: Path) ->
 FAKE_PODMAN = """#!/bin/bash
 printf '%s\\n' "$*" >>"$CALLS"
 case "$*" in
-  "ps -a --filter label=slurm-sglang.user=me --format {{.Labels}}")
-    printf 'map[slurm-sglang.job:%s slurm-sglang.user:me]\\n' 101 101 202 303 404 ;;
+  "ps -a --filter label=slurm-sglang.uid=1000 --format {{.Labels}}")
+    printf 'map[slurm-sglang.job:%s slurm-sglang.uid:1000]\\n' 101 101 202 303 404 ;;
   *"ps -aq --filter label=slurm-sglang.job="*) echo "id-${4#label=slurm-sglang.job=}" ;;
 esac
 """
@@ -137,10 +137,10 @@ def test_preparation_removes_own_containers_of_jobs_slurm_no_longer_knows(
         (bin_dir / name).chmod(0o755)
     calls = tmp_path / "calls"
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "CALLS": str(calls)}
-    body = "CONTAINER_CLI=podman JOB_USER=me SLURM_JOB_ID=505; stale_containers_remove"
+    body = "CONTAINER_CLI=podman JOB_UID=1000 SLURM_JOB_ID=505; stale_containers_remove"
     done = _bash(script, body, env=env)
     removed = [line for line in calls.read_text().splitlines() if line.startswith("rm ")]
     # Jobs 101 (done) and 303 (purged) go; 202 runs and 404 is unknown while SLURM is away.
     assert removed == ["rm -f -t 0 id-101", "rm -f -t 0 id-303"], done.stderr
-    assert all("label=slurm-sglang.user=me" in line for line in calls.read_text().splitlines()
+    assert all("label=slurm-sglang.uid=1000" in line for line in calls.read_text().splitlines()
                if line.startswith("ps "))

@@ -132,7 +132,7 @@ def test_docker_gets_memlock_and_the_host_plugin_for_rdma(tmp_path: Path) -> Non
             'else printf "%s\\n" "$@" >"$OUT"; fi; }\n')
     out = _bash(script, stub + f'OUT={tmp_path}/argv; CONTAINER_CLI=docker IMAGE_REF=img:1 '
                 'SLURM_JOB_ID=7 '
-                'JOB_USER=u SLURM_NODEID=0 RANK_LOG=/dev/null WORKSPACE=/w GPUS_MODE=none; '
+                'JOB_UID=1000 SLURM_NODEID=0 RANK_LOG=/dev/null WORKSPACE=/w GPUS_MODE=none; '
                 'SGLANG_ENTRY=(-m sglang.launch_server); RANK_MOUNTS=(); CONTAINER_ENV=(); '
                 'fabric_setup; FABRIC_RDMA=1; rank_launch --x; wait')
     argv = (tmp_path / "argv").read_text().splitlines()
@@ -215,7 +215,7 @@ SHARED_NODE = ("NODE_GPUS=2,3; export CUDA_VISIBLE_DEVICES=0,1; GPUS_MODE={mode}
                "nvidia-smi() {{ [[ $* == '--query-gpu=index,uuid --format=csv,noheader' ]] "
                "&& printf '0, GPU-aaa\\n1, GPU-bbb\\n'; }}; ")
 DOCKER_RANK = ('docker() {{ printf "%s\\n" "$@" >"{out}"; }}; CONTAINER_CLI=docker IMAGE_REF=i '
-               "SLURM_JOB_ID=7 JOB_USER=u SLURM_NODEID=0 RANK_LOG=/dev/null WORKSPACE=/w; "
+               "SLURM_JOB_ID=7 JOB_UID=1000 SLURM_NODEID=0 RANK_LOG=/dev/null WORKSPACE=/w; "
                "SGLANG_ENTRY=(-m sglang.launch_server); RANK_MOUNTS=(); CONTAINER_ENV=(); "
                "FABRIC_DEVICES=(); RANK_GPUS={gpus} rank_launch --x; wait")
 

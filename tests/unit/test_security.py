@@ -549,6 +549,60 @@ def test_smoke_sends_no_key_across_a_redirect_to_another_origin() -> None:
 
 
 
+
+# ---- 5. --force beyond the job -------------------------------------------------------------------
+
+FAKE_DOCKER = """#!/bin/bash
+printf '%s\\n' "$*" >>"$CALLS"
+case "$*" in
+  "ps -aq --filter label=slurm-sglang.job=505") echo c-this ;;
+  "ps -a --filter label=slurm-sglang.uid=$OWN_UID --format "*)
+    printf 'map[slurm-sglang.job:%s slurm-sglang.uid:%s]\\n' 101 "$OWN_UID" 202 "$OWN_UID" ;;
+  "ps -aq --filter label=slurm-sglang.job="[0-9]*" --filter label=slurm-sglang.uid=$OWN_UID")
+    job=${4#label=slurm-sglang.job=}; echo "c-${job}" ;;
+  "ps -aq --filter ancestor="*) [[ -z ${IN_USE:-} ]] || echo c-other-users-job ;;
+  "image inspect"*) echo "sha256:${GOOD_ID}" ;;
+esac
+"""
+FAKE_SQUEUE_FORCE = """#!/bin/bash
+case $3 in 202) echo 202 ;; esac
+"""
+
+
+@pytest.mark.parametrize("in_use", [False, True], ids=["image-unused", "image-in-use"])
+def test_force_removes_by_uid_and_never_an_image_in_use(tmp_path: Path, in_use: bool) -> None:
+    script = _script(tmp_path)
+    text = script.read_text()
+    # The label comes from the kernel's uid, never from $USER (USER=bob removed bob's).
+    assert "JOB_UID=$(id -u)" in text and "JOB_USER" not in text
+    assert "slurm-sglang.user" not in text
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in (("docker", FAKE_DOCKER), ("squeue", FAKE_SQUEUE_FORCE)):
+        (bin_dir / name).write_text(body)
+        (bin_dir / name).chmod(0o755)
+    calls = tmp_path / "calls"
+    own_uid = str(os.getuid())
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "CALLS": str(calls), "OWN_UID": own_uid,
+           "GOOD_ID": GOOD_ID, "USER": "bob", **({"IN_USE": "1"} if in_use else {})}
+    body = ("CONTAINER_CLI=docker SLURM_JOB_ID=505 FORCE=1 IMAGE=good/sglang:1 "
+            "IMAGE_REF=good/sglang:1 IMAGE_ID=; JOB_UID=$(id -u); image_ensure\n")
+    done = subprocess.run(["bash", "-c", PRELUDE + body, "test", str(script)],
+                          capture_output=True, text=True, timeout=60, check=False, env=env)
+    made = calls.read_text().splitlines()
+    assert not [c for c in made if c.startswith("rmi -f") or c.startswith("image rm -f")], made
+    removed = [c for c in made if c.startswith("rm ")]
+    # This job's and a gone job's containers go; the user's other running job (202) keeps its.
+    assert removed == ["rm -f c-this", "rm -f c-101"], (made, done.stderr)
+    assert all(f"uid={own_uid}" in c for c in made if "slurm-sglang.uid" in c)
+    assert not [c for c in made if "bob" in c]
+    if in_use:
+        assert not [c for c in made if c.startswith("rmi")], made
+        assert "kept" in done.stderr and "1 container(s) use it" in done.stderr
+    else:
+        assert "rmi good/sglang:1" in made, made
+
+
 # ---- 6. the image-id cache ----------------------------------------------------------------------
 
 GOOD_ID, EVIL_ID = "a" * 64, "b" * 64
