@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import yaml
 from openai import OpenAI
-from serving import salloc_serve, serve_env
+from serving import GRANTED, salloc_serve, serve_env
 from test_runtime_none import HOST_PYTHON, STANDIN, rank_environments, wait_until_gone
 
 from slurm_sglang.profile import load_profile
@@ -168,7 +168,9 @@ def test_runtime_fails_where_the_real_tool_refuses(
         finally:
             subprocess.run(["scancel", "--name", name], check=False)
     logs = str(failed.value)
-    for path in (sandbox.shared_dir / "logs").glob("*/*"):
-        if path.is_file() and path.stat().st_mtime > time.time() - 600:
+    granted = GRANTED.search(logs)
+    assert granted, logs
+    for path in (sandbox.shared_dir / "logs" / granted.group(1)).rglob("*"):
+        if path.is_file():
             logs += path.read_text(errors="replace")
     assert refusal in logs

@@ -37,7 +37,7 @@ def test_the_shims_pass_shellcheck() -> None:
     (["exec", "--ulimit", "memlock=-1", "i.sif", "true"], "unknown flag: --ulimit"),
     (["exec", "--tmpfs", "/t", "i.sif", "true"], "unknown flag: --tmpfs"),
     (["exec", "--nv", "s.tar.gz", "true"], "not a SIF or a sandbox"),
-    (["exec", "--nv", "lmsysorg/sglang:v1", "true"], "not a path or a URI"),
+    (["exec", "--nv", "lmsysorg/sglang:v1", "true"], "a registry image needs docker://"),
     (["run", "i.sif"], "only 'exec' is emulated"),
 ])
 def test_apptainer_shim_refuses_what_apptainer_exec_refuses(
