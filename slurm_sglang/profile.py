@@ -184,6 +184,10 @@ class FabricSettings(_Strict):
     env: dict[str, str] = Field(default_factory=dict, description=(
         "Environment variables for every rank, set after the fabric's own so they win, "
         "e.g. NCCL_DEBUG: INFO."))
+    sysfs_root: str = Field(default="/sys", description=(
+        "Where auto and the RDMA checks read the node's devices (SYSFS_ROOT/class/"
+        "infiniband). Leave /sys on a real cluster; a test cluster points it at a per-node "
+        "directory of pretend devices (the sandbox does), since sysfs cannot be written."))
 
     @field_validator("env")
     @classmethod
@@ -199,6 +203,14 @@ class FabricSettings(_Strict):
     def _interface(cls, value: str) -> str:
         if not re.fullmatch(r"[A-Za-z0-9_.:@-]*", value):
             raise ValueError(f"{value!r} is not an interface name (give one, e.g. ens5)")
+        return value
+
+    @field_validator("sysfs_root")
+    @classmethod
+    def _sysfs_root(cls, value: str) -> str:
+        _no_newlines(value, "sysfs_root")
+        if not value.startswith("/"):
+            raise ValueError(f"sysfs_root {value!r} must be an absolute path (/sys on a real node)")
         return value
 
     @field_validator("efa_plugin_path")
@@ -343,11 +355,27 @@ class PathSettings(_Strict):
     container_mount: str = Field(default="/fsx", description=(
         "Shared storage mounted into containers at the same path (the script's "
         "--container-mount default)."))
+    prometheus_targets_dir: str = Field(default="", description=(
+        "A directory the site's Prometheus reads (file_sd_configs, e.g. "
+        "/srv/prometheus/targets/*.json), writable by the users: each job also writes its "
+        "target file there as slurm-sglang-USER-JOBID.json, mode 0644, and removes it when "
+        "it ends. The file holds addresses and labels, no secret. Empty: only "
+        "logs/JOB_ID/prometheus-targets.json, readable by the user alone."))
 
     @field_validator("workspace", "container_mount")
     @classmethod
     def _one_line(cls, value: str) -> str:
         return _no_newlines(value, "this path")
+
+    @field_validator("prometheus_targets_dir")
+    @classmethod
+    def _targets_dir(cls, value: str) -> str:
+        _no_newlines(value, "prometheus_targets_dir")
+        # The job runs in a directory of SLURM's choosing, and the site's Prometheus in its own.
+        if value and not value.startswith("/"):
+            raise ValueError(f"prometheus_targets_dir {value!r} must be an absolute path that "
+                             "the nodes and the site's Prometheus both see")
+        return value
 
     @field_validator("logs")
     @classmethod

@@ -68,6 +68,7 @@ class RenderContext:
     container_mount: str
     workspace: str
     logs_subdir: str
+    prometheus_targets_dir: str
     preflight_check_gpus: bool
     preflight_min_free_disk_gb: str
     preflight_min_free_disk_kb: int
@@ -121,6 +122,7 @@ def build_context(profile: ClusterProfile, nodes: int | None = None) -> RenderCo
         container_mount=profile.paths.container_mount,
         workspace=profile.paths.workspace,
         logs_subdir=profile.paths.logs,
+        prometheus_targets_dir=profile.paths.prometheus_targets_dir,
         preflight_check_gpus=profile.preflight.check_gpus and profile.preflight.enabled,
         preflight_min_free_disk_gb=f"{profile.preflight.min_free_disk_gb:.1f}",
         # GiB as whole KiB, rounded up: the script compares integers.

@@ -200,8 +200,16 @@ def _refresh_image(layout: Layout, info: SandboxInfo) -> SandboxInfo:
     return _with(info, image_tarball=tarball, image_id=image_id)
 
 
-def profile_data(shared: Path, gpus_per_node: int = 8) -> dict[str, Any]:
-    """The sandbox's cluster profile (the ClusterProfile schema's keys, nothing else)."""
+def profile_data(shared: Path, gpus_per_node: int = 8,
+                 sysfs_root: Path | None = None) -> dict[str, Any]:
+    """The sandbox's cluster profile (the ClusterProfile schema's keys, nothing else).
+
+    sysfs_root is where the nodes' pretend devices are (Layout.pretend_sysfs): the fabric is
+    tcp, but a profile extending this one with fabric kind auto detects from those trees.
+    """
+    fabric: dict[str, Any] = {"kind": "tcp"}
+    if sysfs_root is not None:
+        fabric["sysfs_root"] = str(sysfs_root)
     return {
         "name": "sandbox",
         "description": "Local multi-node sandbox (podman, fake GPUs)",
@@ -212,14 +220,15 @@ def profile_data(shared: Path, gpus_per_node: int = 8) -> dict[str, Any]:
             "mounts": [f"{shared}:{shared}"],
             "gpus": "env",
         },
-        "fabric": {"kind": "tcp"},
+        "fabric": fabric,
         "paths": {"workspace": str(shared)},
         "preflight": {"check_gpus": False},
     }
 
 
 def _write_profile(layout: Layout, gpus_per_node: int) -> None:
-    text = yaml.safe_dump(profile_data(layout.shared, gpus_per_node), sort_keys=False)
+    text = yaml.safe_dump(profile_data(layout.shared, gpus_per_node, layout.pretend_sysfs),
+                          sort_keys=False)
     partial = layout.profile.with_suffix(".yaml.partial")
     partial.write_text(text)
     partial.replace(layout.profile)

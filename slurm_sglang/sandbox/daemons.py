@@ -110,6 +110,10 @@ def start_slurmd(layout: Layout, node: str) -> None:
             source.chmod(0o1777)
         Path(inside).mkdir(parents=True, exist_ok=True)
         boot += ["--bind", f"{source}:{inside}"]
+    # The node's own pretend devices (Layout.pretend_sysfs), where fabric detection reads.
+    layout.node_sysfs(node).mkdir(parents=True, exist_ok=True)
+    layout.pretend_sysfs.mkdir(parents=True, exist_ok=True)
+    boot += ["--bind", f"{layout.node_sysfs(node)}:{layout.pretend_sysfs}"]
     for inside in NODE_TMPFS_DIRS:
         Path(inside).mkdir(parents=True, exist_ok=True)
         boot += ["--tmpfs", inside]

@@ -123,6 +123,20 @@ class Layout:
         """Host directory that backs inside_path on node."""
         return self.nodes / node / inside_path.strip("/").replace("/", "_")
 
+    @property
+    def pretend_sysfs(self) -> Path:
+        """The sandbox profile's fabric.sysfs_root: one path, each node's own tree behind it.
+
+        /sys cannot be written and the host has no /sys/class/infiniband to bind over, so
+        the nodes' pretend RDMA devices live here, bound per node like /tmp; empty (no
+        device, so fabric auto finds tcp) until a test makes a node's tree.
+        """
+        return self.root / "sysfs"
+
+    def node_sysfs(self, node: str) -> Path:
+        """Host directory that backs pretend_sysfs on node: write a pretend device here."""
+        return self.nodes / node / "sysfs"
+
 
 @dataclass(frozen=True)
 class SandboxInfo:

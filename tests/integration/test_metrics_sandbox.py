@@ -65,6 +65,12 @@ def jobs(sandbox: SandboxInfo, tmp_path_factory: pytest.TempPathFactory
     image.unlink(missing_ok=True)
     shutil.copyfile(build_standin_record().tarball, image)
     profile["container"]["image"] = str(image)
+    # Where the site's Prometheus would read (docs/observability.md): the jobs publish there too.
+    targets = _targets_dir(sandbox)
+    shutil.rmtree(targets, ignore_errors=True)
+    targets.mkdir(mode=0o1777)
+    targets.chmod(0o1777)
+    profile.setdefault("paths", {})["prometheus_targets_dir"] = str(targets)
     profile_path = scripts / "metrics-profile.yaml"
     profile_path.write_text(yaml.safe_dump(profile))
     script = scripts / "run-metrics.sbatch"
@@ -100,7 +106,12 @@ def jobs(sandbox: SandboxInfo, tmp_path_factory: pytest.TempPathFactory
             subprocess.run(["scancel", job_id], check=False)
         for job_id in started:
             wait_job_gone(job_id)
+        shutil.rmtree(_targets_dir(sandbox), ignore_errors=True)
 
+
+def _targets_dir(sandbox: SandboxInfo) -> Path:
+    """The jobs' paths.prometheus_targets_dir."""
+    return sandbox.shared_dir / "prometheus-targets-metrics"
 
 def _endpoint(run: Serving) -> dict[str, Any]:
     endpoint: dict[str, Any] = json.loads((run.log_dir / "endpoint.json").read_text())
@@ -150,7 +161,8 @@ def test_two_replica_jobs_share_a_node_without_a_port_clash(
     assert first["port"] != second["port"]
 
 
-def test_target_file_lists_every_server_and_no_secret(jobs: tuple[Serving, Serving]) -> None:
+def test_target_file_lists_every_server_and_no_secret(jobs: tuple[Serving, Serving],
+                                                       sandbox: SandboxInfo) -> None:
     for run in jobs:
         endpoint = _endpoint(run)
         groups = json.loads((run.log_dir / "prometheus-targets.json").read_text())
@@ -158,6 +170,8 @@ def test_target_file_lists_every_server_and_no_secret(jobs: tuple[Serving, Servi
         assert listed == {item["name"]: [item["url"][len("http://"):-len("/metrics")]]
                           for item in endpoint["metrics"]}
         assert all(group["labels"]["slurm_job_id"] == run.job_id for group in groups)
+        site = next(_targets_dir(sandbox).glob(f"slurm-sglang-*-{run.job_id}.json"))
+        assert site.read_text() == (run.log_dir / "prometheus-targets.json").read_text()
 
 
 def test_metrics_json_counts_the_requests_of_each_replica(
@@ -205,10 +219,11 @@ def _free_port() -> int:
 @pytest.mark.skipif(shutil.which("prometheus") is None,
                     reason="Debian's prometheus is not installed (tests/install.sh)")
 def test_prometheus_scrapes_every_server_with_one_file_sd_line(
-        jobs: tuple[Serving, Serving], tmp_path: Path) -> None:
+        jobs: tuple[Serving, Serving], sandbox: SandboxInfo, tmp_path: Path) -> None:
     run = jobs[0]
-    targets = run.log_dir / "prometheus-targets.json"
-    # The one line docs/observability.md gives, in a minimal configuration.
+    # The one line docs/observability.md gives (the profile's directory, every job's file in
+    # it), in a minimal configuration; both jobs are listed, this test looks at the first.
+    targets = _targets_dir(sandbox) / "*.json"
     config = tmp_path / "prometheus.yml"
     config.write_text(
         "global: {scrape_interval: 1s}\n"
@@ -235,7 +250,8 @@ def test_prometheus_scrapes_every_server_with_one_file_sd_line(
         def all_up() -> list[dict[str, Any]] | None:
             data = get("targets")
             active = (data or {}).get("activeTargets", [])
-            up = [t for t in active if t["health"] == "up"]
+            up = [t for t in active if t["health"] == "up"
+                  and t["labels"]["slurm_job_id"] == run.job_id]
             return up if len(up) == len(_endpoint(run)["metrics"]) else None
 
         up = _wait(all_up, f"every target up (log: {log})", 60)
@@ -243,7 +259,8 @@ def test_prometheus_scrapes_every_server_with_one_file_sd_line(
         series = _wait(lambda: get("query?query=sglang:num_requests_total") or None,
                        "sglang:num_requests_total scraped", 30)
         assert series["resultType"] == "vector"
-        assert {s["metric"]["server"] for s in series["result"]} <= {"replica-0", "replica-1"}
+        assert {s["metric"]["server"] for s in series["result"]
+                if s["metric"]["slurm_job_id"] == run.job_id} <= {"replica-0", "replica-1"}
     finally:
         server.terminate()
         server.wait(timeout=30)
