@@ -35,6 +35,7 @@ class CheckReport:
     notes: list[str] = field(default_factory=list)
     parser_verdicts: list[str] = field(default_factory=list)
     plan: Plan | None = None
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -131,7 +132,20 @@ def check(
             server_argv, len(placement.replicas[0].nodes), spec.port)
         problems.extend(parser_problems)
     return CheckReport(spec, profile, chosen, gpus_per_node, parallelism, problems, notes, verdicts,
-                       plan=placement)
+                       plan=placement, warnings=_open_endpoint_warnings())
+
+
+NO_API_KEY_WARNING = (
+    "no API key (set SLURM_SGLANG_API_KEY, or give submit or the script --api-key-file FILE): "
+    "the endpoint (sglang, or the router with replicas) is open to anyone on the cluster network")
+
+
+def _open_endpoint_warnings() -> list[str]:
+    """Without a key, sglang and the router serve anyone who reaches the node (issue 23, item 4);
+    check only sees the environment, so a later --api-key-file is named as the way out."""
+    import os
+
+    return [] if os.environ.get("SLURM_SGLANG_API_KEY", "").strip() else [NO_API_KEY_WARNING]
 
 
 

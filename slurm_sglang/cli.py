@@ -67,6 +67,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         "sglang_args": list(report.spec.sglang_args),
         "problems": report.problems,
         "notes": report.notes,
+        "warnings": report.warnings,
         "sglang_parser": report.parser_verdicts,
         "plan": report.plan.to_dict() if report.plan else None,
     }
@@ -76,6 +77,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         + (" (attention DP)" if par.dp_attention else "")
         + f"; {par.total_gpus} GPUs in {par.replicas} server(s)",
         *(f"note: {note}" for note in report.notes if note not in report.problems),
+        *(f"warning: {warning}" for warning in report.warnings),
         *(f"problem: {problem}" for problem in report.problems),
         *report.parser_verdicts,
         *([report.plan.table()] if report.plan else []),

@@ -19,7 +19,8 @@ from slurm_sglang.sandbox.cluster import sandbox_status, sandbox_up
 from slurm_sglang.sandbox.layout import SandboxInfo
 
 REPO_SCRIPT = Path(__file__).resolve().parents[2] / "sbatch" / "run.sbatch"
-READY = re.compile(r"^ready: (http://\S+)$", re.M)
+# The ready line; without an API key it ends with "(no API key: ...)".
+READY = re.compile(r"^ready: (http://\S+)(?: \([^)\n]*\))?$", re.M)
 GRANTED = re.compile(r"Granted job allocation (\d+)")
 
 

@@ -21,7 +21,8 @@ from typing import Any
 from slurm_sglang.sandbox.layout import SandboxInfo
 from slurm_sglang.sandbox.nodes import containers_on
 
-READY = re.compile(r"^ready: (http://\S+)$", re.M)
+# The ready line; without an API key it ends with "(no API key: ...)".
+READY = re.compile(r"^ready: (http://\S+)(?: \([^)\n]*\))?$", re.M)
 GRANTED = re.compile(r"Granted job allocation (\d+)")
 # salloc names the job as soon as it is queued; a job given up on while queued must still go.
 QUEUED_OR_GRANTED = re.compile(r"(?:Pending|Granted) job allocation (\d+)")
@@ -39,8 +40,12 @@ class Serving:
     nodes: list[str] = field(default_factory=list)
 
     def get_json(self, path: str) -> Any:
-        """GET a JSON document from the head."""
-        with urllib.request.urlopen(f"{self.url}{path}", timeout=10) as response:
+        """GET a JSON document from the head; the router's /workers with the job's key."""
+        request = urllib.request.Request(f"{self.url}{path}")
+        key_file = self.log_dir / "router.key"
+        if path.startswith("/workers") and key_file.exists():
+            request.add_header("Authorization", f"Bearer {key_file.read_text().strip()}")
+        with urllib.request.urlopen(request, timeout=10) as response:
             return json.load(response)
 
     def events(self) -> list[str]:

@@ -10,6 +10,8 @@ import json
 import re
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -92,6 +94,10 @@ def _check_replicas(run: Serving, replicas: int, span: int) -> list[dict[str, An
     workers = run.get_json("/workers")
     assert sorted(worker["url"] for worker in workers["workers"]) == sorted(
         item["url"] for item in listed)
+    # Without the job's key nobody lists, adds or removes the router's workers (issue 23).
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{run.url}/workers", timeout=10)
+    assert refused.value.code == 401
     infos = []
     for item in listed:
         info = _server_info(item["url"])

@@ -743,3 +743,114 @@ def test_the_scripts_plan_refuses_in_one_line(tmp_path: Path, options: list[str]
                           capture_output=True, text=True, timeout=30, check=False)
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert expected in done.stderr and not done.stdout, done.stderr
+
+
+# ---- 4. the router ------------------------------------------------------------------------------
+
+ROUTER_VENV = Path("/var/lib/slurm-sglang-sandbox/shared/tools/sglang-router-0.3.2")
+
+
+def _free_ports(count: int) -> list[int]:
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+ROUTER_PROBE = r"""
+PORT=$P ROUTER_METRICS_PORT=$M ROUTER_POLICY=round_robin HEALTH_TIMEOUT=60
+REPLICAS=1 ROUTER_LOG=$OUT/router.log HEAD_IP=127.0.0.1
+router_key_make
+router_launch
+url=http://127.0.0.1:$P
+for ((i = 0; i < 200; i++)); do
+  router_curl -sf -o /dev/null --max-time 1 "$url/workers" && break
+  sleep 0.1
+done
+tr '\0' ' ' <"/proc/${ROUTER_PID}/cmdline" >"$OUT/cmdline"
+code() { curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$@"; }
+json=(-H 'Content-Type: application/json')
+user=(-H "Authorization: Bearer ${SLURM_SGLANG_API_KEY:-none}")
+echo "workers-without-key $(code -X POST "${json[@]}" -d '{"url": "http://h:9"}' "$url/workers")"
+echo "workers-with-api-key $(code "${user[@]}" "$url/workers")"
+echo "delete-without-key $(code -X DELETE "$url/workers/x")"
+echo "workers-with-job-key $(router_curl -s -o /dev/null -w '%{http_code}' "$url/workers")"
+echo "generate-without-key $(code "${json[@]}" -d '{"text": "hi"}' "$url/generate")"
+echo "generate-with-api-key $(code "${user[@]}" "${json[@]}" -d '{"text": "hi"}' "$url/generate")"
+router_kill
+"""
+
+
+@pytest.mark.parametrize("api_key", ["", "user-k3y"], ids=["no-api-key", "api-key"])
+def test_the_router_needs_the_jobs_key_for_workers_and_the_api_key_for_users(
+        tmp_path: Path, api_key: str) -> None:
+    if not (ROUTER_VENV / "bin" / "python").exists():
+        pytest.skip(f"no sglang-router venv at {ROUTER_VENV} (python -m slurm_sglang.sandbox "
+                    "router makes it)")
+    script = _script(tmp_path, router={"source": "venv", "venv": str(ROUTER_VENV)})
+    port, metrics = _free_ports(2)
+    env = {key: value for key, value in os.environ.items() if key != "SLURM_SGLANG_API_KEY"}
+    env.update(P=str(port), M=str(metrics), OUT=str(tmp_path))
+    if api_key:
+        env["SLURM_SGLANG_API_KEY"] = api_key
+    done = subprocess.run(["bash", "-c", PRELUDE + ROUTER_PROBE, "test", str(script)],
+                          capture_output=True, text=True, timeout=120, check=False, env=env)
+    codes = dict(line.split() for line in done.stdout.splitlines() if line.count(" ") == 1)
+    log = (tmp_path / "router.log").read_text(errors="replace")[-2000:]
+    assert codes.get("workers-with-job-key") == "200", (done.stdout, done.stderr, log)
+    # Nobody without the job's key adds a worker (and so receives prompts) or removes one.
+    assert codes["workers-without-key"] == "401" and codes["delete-without-key"] == "401"
+    assert codes["workers-with-api-key"] == "401"
+    if api_key:
+        assert codes["generate-without-key"] == "401"
+        assert codes["generate-with-api-key"] != "401"   # 503: no worker yet
+    else:
+        assert codes["generate-without-key"] != "401"
+    # No key on the router's command line (ps shows it to every user of the node).
+    cmdline = (tmp_path / "cmdline").read_text()
+    assert "--control-plane-api-keys" not in cmdline and "user-k3y" not in cmdline, cmdline
+
+
+def test_router_curl_passes_the_key_on_standard_input(tmp_path: Path) -> None:
+    script = _script(tmp_path)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "curl").write_text('#!/bin/bash\nprintf "%s\\n" "$*" >"$OUT/args"\n'
+                                  'cat >"$OUT/stdin"\n')
+    (bin_dir / "curl").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "OUT": str(tmp_path)}
+    done = subprocess.run(["bash", "-c", PRELUDE + 'router_key_make; HEAD_IP=h PORT=1; '
+                           'router_remove_worker w1; echo "$SLURM_SGLANG_ROUTER_KEY"\n',
+                           "test", str(script)],
+                          capture_output=True, text=True, timeout=60, check=False, env=env)
+    key = done.stdout.strip()
+    assert len(key) == 64, done.stderr
+    assert key not in (tmp_path / "args").read_text()
+    assert f'header = "Authorization: Bearer {key}"' in (tmp_path / "stdin").read_text()
+
+
+@pytest.mark.parametrize("api_key", ["", "k"], ids=["no-api-key", "api-key"])
+def test_the_ready_line_and_check_say_when_the_endpoint_is_open(tmp_path: Path,
+                                                                 api_key: str) -> None:
+    script = _script(tmp_path)
+    env = {key: value for key, value in os.environ.items() if key != "SLURM_SGLANG_API_KEY"}
+    if api_key:
+        env["SLURM_SGLANG_API_KEY"] = api_key
+    done = subprocess.run(["bash", "-c", PRELUDE + "ready_line http://h:1\n", "test",
+                           str(script)], capture_output=True, text=True, timeout=60,
+                          check=False, env=env)
+    checked = subprocess.run([*CHECK, "--", "--model-path", "m"], capture_output=True,
+                             text=True, timeout=60, check=False, env=env)
+    if api_key:
+        assert done.stdout == "ready: http://h:1\n"
+        assert "warning:" not in checked.stdout
+    else:
+        assert done.stdout == ("ready: http://h:1 (no API key: open to anyone on the cluster "
+                               "network)\n")
+        assert "warning: no API key" in checked.stdout and "open to anyone on the cluster " \
+            "network" in checked.stdout
