@@ -719,6 +719,19 @@ def test_submit_refuses_out_of_bounds_before_anything(argv: list[str], expected:
     assert expected in done.stderr, done.stderr
 
 
+@pytest.mark.parametrize("port", ["--port=80", "--dist-port=1023"])
+def test_the_script_refuses_a_port_below_1024(tmp_path: Path, port: str) -> None:
+    from slurm_sglang.render import write_script
+
+    script = tmp_path / "run.sbatch"
+    write_script(render_script(load_profile("tcp")), script)
+    env = {key: value for key, value in os.environ.items() if not key.startswith("SLURM_")}
+    done = subprocess.run(["bash", str(script), port, "--model-path", "m"],
+                          capture_output=True, text=True, timeout=60, check=False, env=env)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "is not a TCP port (1024-65535)" in done.stderr, done.stderr
+
+
 @pytest.mark.parametrize("options, sglang, expected", [
     (["--nodes", "100000000", "--gpus-per-node", "8"], ["--dp", "100000000"], "--dp: '100000000'"),
     (["--nodes", "100000000", "--gpus-per-node", "8"], [], "nodes: 100000000"),
