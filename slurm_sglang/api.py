@@ -259,11 +259,6 @@ def submit(
             mode = Path(api_key_file).stat().st_mode & 0o777
             raise UserInputError(f"--api-key-file: {api_key_file} is readable by group or "
                                  f"others (mode {mode:o}): chmod 600 {api_key_file}")
-        # The script refuses it too (over SSH only the script can see the file).
-        if api_key_file and Path(api_key_file).stat().st_mode & 0o077:
-            mode = Path(api_key_file).stat().st_mode & 0o777
-            raise UserInputError(f"--api-key-file: {api_key_file} is readable by group or "
-                                 f"others (mode {mode:o}): chmod 600 {api_key_file}")
     report = check(sglang_args, cluster, nodes, sglang_parser=True, port=port,
                    health_timeout=health_timeout, image=image)
     if report.problems:

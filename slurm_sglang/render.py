@@ -260,14 +260,22 @@ def _write_in_place(text: str, path: Path, info: os.stat_result) -> None:
         os.close(descriptor)
 
 
+def support_files() -> list[tuple[str, str]]:
+    """The files the script runs beside itself, as (path under SUPPORT_DIR_NAME/, text)."""
+    return [
+        (source.relative_to(PACKAGE_DIR).as_posix(), source.read_text(encoding="utf-8"))
+        for pattern in SUPPORT_FILES
+        for source in sorted(PACKAGE_DIR.glob(pattern))
+    ]
+
+
 def write_support_dir(directory: Path) -> None:
     """Copy the files the script runs (launch_plan.py, the NCCL check, the flag tables)."""
     if directory.is_symlink() and directory.resolve() == PACKAGE_DIR:
         return  # the repository's sbatch/slurm-sglang is the package itself
-    for pattern in SUPPORT_FILES:
-        for source in sorted(PACKAGE_DIR.glob(pattern)):
-            target = directory / source.relative_to(PACKAGE_DIR)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.tmp")
-            tmp.write_bytes(source.read_bytes())
-            tmp.replace(target)
+    for relative, text in support_files():
+        target = directory / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(target)

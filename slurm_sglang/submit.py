@@ -139,11 +139,12 @@ def submit_local(request: SubmitRequest) -> JobRecord:
     """Write the script on shared storage and submit it with submitit's SlurmExecutor."""
     import submitit
 
+    from slurm_sglang.render import write_script
+
     slurm = request.profile.slurm
     script = Path(_script_path(request.workspace))
-    script.parent.mkdir(parents=True, exist_ok=True)
-    script.write_text(request.script_text)
-    script.chmod(0o755)
+    # With the support files (launch_plan.py, the NCCL check) beside it, as the script needs.
+    write_script(request.script_text, script)
     log_root = Path(request.workspace) / request.profile.paths.logs
     with _private_umask():
         log_root.mkdir(parents=True, exist_ok=True)
@@ -237,8 +238,15 @@ def _environment(env: Mapping[str, str]) -> Iterator[None]:
 
 def submit_remote(request: SubmitRequest, transport: Transport, host: str) -> JobRecord:
     """Upload the script to the remote workspace and run sbatch --parsable there."""
+    from slurm_sglang.render import SUPPORT_DIR_NAME, support_files
+
     script = _script_path(request.workspace)
     transport.makedirs(str(Path(script).parent))
+    # The script runs launch_plan.py (and the NCCL check) from slurm-sglang/ beside it.
+    support = f"{Path(script).parent}/{SUPPORT_DIR_NAME}"
+    for relative, text in support_files():
+        transport.makedirs(str(Path(f"{support}/{relative}").parent))
+        transport.write_text(f"{support}/{relative}", text)
     transport.write_text(script, request.script_text, mode=0o755)
     log_root = f"{request.workspace}/{request.profile.paths.logs}"
     transport.makedirs(log_root)
