@@ -260,6 +260,13 @@ def test_status_endpoint_and_logs_over_ssh(laptop: Laptop, remote_job: RemoteJob
     missing = laptop.cli("logs", "--rank", "7", remote_job.job_id)
     assert missing.returncode == 2 and "no log for rank 7" in missing.stderr
 
+    # One tunnel reaches one port: the metrics are read on the login node, over SSH.
+    metrics = laptop.cli("metrics", "--json", remote_job.job_id)
+    assert metrics.returncode == 0, metrics.stdout + metrics.stderr
+    (head,) = [t for t in json.loads(metrics.stdout)["targets"] if t["role"] == "server"]
+    # The tunnel test before this one sent completions through this head.
+    assert head["ok"] and head["requests"] and head["requests"] >= 1, head
+
 
 def test_cancel_closes_the_tunnel_and_leaves_nothing(laptop: Laptop, sandbox: SandboxInfo,
                                                       remote_job: RemoteJob) -> None:
