@@ -12,8 +12,10 @@ test_runtimes_fabrics's.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 import uuid
@@ -100,10 +102,10 @@ def held(sandbox: SandboxInfo, workspace: Path) -> Iterator[tuple[str, list[str]
     """Another allocation holding two GPUs of the first node: (node, its GPU indices)."""
     if sandbox.gpus_per_node < 4:
         pytest.skip("needs a sandbox with at least 4 GPUs per node")
-    node = sandbox.nodes[0]
     name = f"{workspace.name}-hold"
+    # SLURM picks the node: other jobs may hold a given node's GPUs.
     process = subprocess.Popen(
-        ["salloc", "-N", "1", "-w", node, "-p", "sandbox", "--gpus-per-node=2",
+        ["salloc", "-N", "1", "-p", "sandbox", "--gpus-per-node=2",
          "--job-name", name, "sleep", str(HOLD_SECONDS)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -115,10 +117,17 @@ def held(sandbox: SandboxInfo, workspace: Path) -> Iterator[tuple[str, list[str]
             job_id = listed[0] if listed else ""
             time.sleep(0.3)
         assert job_id, f"the holding allocation {name} was not granted"
+        node = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%N"], capture_output=True,
+                              text=True, check=True).stdout.strip()
         yield node, granted_gpus(job_id)
     finally:
         subprocess.run(["scancel", "--name", name], check=False)
-        process.wait(timeout=60)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            # salloc can outlive its revoked allocation; its session is this fixture's own.
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
 
 
 def serve_on_shared_node(sandbox: SandboxInfo, workspace: Path, node: str, script: Path,

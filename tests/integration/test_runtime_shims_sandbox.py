@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,7 +34,6 @@ from slurm_sglang.sandbox.layout import SandboxInfo
 
 pytestmark = pytest.mark.cluster
 SHIMS = Path(__file__).resolve().parent / "shims"
-SWEEP_WAIT_SECONDS = 30
 
 
 @pytest.fixture(scope="module")
@@ -140,12 +138,9 @@ def test_runtime_serves_through_its_shim(
     finally:
         subprocess.run(["scancel", "--name", name], check=False)
     assert wait_until_gone(job_id, model_dir) == []
-    if runtime == "enroot":
-        # The driver's last sweep removed them (enroot remove through the shim).
-        deadline = time.monotonic() + SWEEP_WAIT_SECONDS
-        while enroot_records(shims, job_id) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert enroot_records(shims, job_id) == []
+    # Not asserted: the named containers' removal. This run ends by scancel, after which SLURM
+    # starts no step, so the driver's last sweep (enroot remove on each node) cannot run; on a
+    # real cluster pyxis's container_scope=job or an epilog removes them (docs/admin-guide.md).
 
 
 @pytest.mark.parametrize(("runtime", "run_args", "refusal"), [
