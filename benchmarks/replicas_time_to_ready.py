@@ -34,7 +34,7 @@ from slurm_sglang.sandbox.layout import SandboxInfo
 from slurm_sglang.sandbox.router import ensure_router_venv
 
 GRANTED = re.compile(r"Granted job allocation (\d+)")
-READY = re.compile(r"^ready: (http://\S+)$", re.M)
+READY = re.compile(r"^ready: (http://\S+)(?: \([^)\n]*\))?$", re.M)
 EVENT_TIME = re.compile(r"^(\d\d):(\d\d):(\d\d)\.(\d{3}) (\S+)")
 SHAPES = ((1, "--tp 16"), (2, "--tp 8 --dp 2"), (8, "--tp 2 --dp 8"))
 

@@ -8,10 +8,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
+import sys
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,6 +29,30 @@ READY = re.compile(r"^ready: (http://\S+)(?: \([^)\n]*\))?$", re.M)
 GRANTED = re.compile(r"Granted job allocation (\d+)")
 # salloc names the job as soon as it is queued; a job given up on while queued must still go.
 QUEUED_OR_GRANTED = re.compile(r"(?:Pending|Granted) job allocation (\d+)")
+STANDIN = Path(__file__).resolve().parents[2] / "slurm_sglang" / "sandbox" / "standin" / "sglang"
+# The nodes share this machine's filesystem, so the system's python3 exists on every node.
+HOST_PYTHON = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
+
+
+@contextmanager
+def shared_workspace(sandbox: SandboxInfo, prefix: str) -> Iterator[Path]:
+    """A directory of the caller's own on the shared storage, removed afterwards."""
+    path = sandbox.shared_dir / "tests" / f"{prefix}-{uuid.uuid4().hex[:8]}"
+    path.mkdir(parents=True)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def standin_venv_at(venv: Path) -> Path:
+    """A venv made with the system python3, the stand-in `sglang` package copied into it."""
+    subprocess.run([HOST_PYTHON, "-m", "venv", "--without-pip", str(venv)], check=True)
+    where = "import sysconfig; print(sysconfig.get_path('purelib'))"
+    site = subprocess.run([str(venv / "bin" / "python"), "-c", where],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    shutil.copytree(STANDIN, Path(site) / "sglang", ignore=shutil.ignore_patterns("__pycache__"))
+    return venv
 
 
 @dataclass

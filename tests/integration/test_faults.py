@@ -265,7 +265,7 @@ def _wait_ready(sandbox: SandboxInfo, job_id: str, timeout: float = 300) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         text = output.read_text(errors="replace") if output.exists() else ""
-        match = re.search(r"^ready: (http://\S+)$", text, re.M)
+        match = re.search(r"^ready: (http://\S+)(?: \([^)\n]*\))?$", text, re.M)
         if match:
             return match.group(1)
         time.sleep(0.2)

@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from serving import salloc_serve, serve_env
-from test_runtime_none import HOST_PYTHON, STANDIN, none_profile
+from serving import salloc_serve, serve_env, shared_workspace, standin_venv_at
+from test_runtime_none import none_profile
 
 from slurm_sglang.profile import load_profile
 from slurm_sglang.render import render_script, write_script
@@ -57,22 +55,14 @@ def uuid_of(index: str) -> str:
 @pytest.fixture(scope="module")
 def workspace(sandbox: SandboxInfo) -> Iterator[Path]:
     """A directory of this module's own on the shared storage, removed afterwards."""
-    path = sandbox.shared_dir / "tests" / f"gpu-grant-{uuid.uuid4().hex[:8]}"
-    path.mkdir(parents=True)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with shared_workspace(sandbox, "gpu-grant") as path:
+        yield path
 
 
 @pytest.fixture(scope="module")
 def standin_venv(workspace: Path) -> Path:
     """A venv of the system python3 with the stand-in `sglang` (as test_runtime_none's)."""
-    venv = workspace / "venv"
-    subprocess.run([HOST_PYTHON, "-m", "venv", "--without-pip", str(venv)], check=True)
-    where = "import sysconfig; print(sysconfig.get_path('purelib'))"
-    site = subprocess.run([str(venv / "bin" / "python"), "-c", where],
-                          capture_output=True, text=True, check=True).stdout.strip()
-    shutil.copytree(STANDIN, Path(site) / "sglang", ignore=shutil.ignore_patterns("__pycache__"))
-    return venv
+    return standin_venv_at(workspace / "venv")
 
 
 @pytest.fixture(scope="module")

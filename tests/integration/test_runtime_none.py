@@ -8,9 +8,7 @@ leaves no process behind. A second run proves an admin's override partial reache
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,16 +18,19 @@ from pathlib import Path
 import pytest
 import yaml
 from openai import OpenAI
-from serving import job_containers, salloc_serve, serve_env
+from serving import (
+    job_containers,
+    salloc_serve,
+    serve_env,
+    shared_workspace,
+    standin_venv_at,
+)
 
 from slurm_sglang.profile import load_profile
 from slurm_sglang.render import builtin_template_dir, render_script, write_script
 from slurm_sglang.sandbox.layout import SandboxInfo
 
 pytestmark = pytest.mark.cluster
-STANDIN = Path(__file__).resolve().parents[2] / "slurm_sglang" / "sandbox" / "standin" / "sglang"
-# The nodes share this machine's filesystem, so the system's python3 exists on every node.
-HOST_PYTHON = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
 # Nothing in the stand-in reports its environment: the ranks' /proc entries are read instead.
 LAUNCH = "sglang.launch_server"
 GONE_WAIT_SECONDS = 30
@@ -38,22 +39,14 @@ GONE_WAIT_SECONDS = 30
 @pytest.fixture(scope="module")
 def workspace(sandbox: SandboxInfo) -> Iterator[Path]:
     """A directory of this module's own on the shared storage, removed afterwards."""
-    path = sandbox.shared_dir / "tests" / f"runtime-none-{uuid.uuid4().hex[:8]}"
-    path.mkdir(parents=True)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with shared_workspace(sandbox, "runtime-none") as path:
+        yield path
 
 
 @pytest.fixture(scope="module")
 def standin_venv(workspace: Path) -> Path:
     """A venv made with the system python3, the stand-in `sglang` package copied into it."""
-    venv = workspace / "venv"
-    subprocess.run([HOST_PYTHON, "-m", "venv", "--without-pip", str(venv)], check=True)
-    where = "import sysconfig; print(sysconfig.get_path('purelib'))"
-    site = subprocess.run([str(venv / "bin" / "python"), "-c", where],
-                          capture_output=True, text=True, check=True).stdout.strip()
-    shutil.copytree(STANDIN, Path(site) / "sglang", ignore=shutil.ignore_patterns("__pycache__"))
-    return venv
+    return standin_venv_at(workspace / "venv")
 
 
 @pytest.fixture(scope="module")

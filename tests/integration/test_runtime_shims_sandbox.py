@@ -25,8 +25,8 @@ from pathlib import Path
 import pytest
 import yaml
 from openai import OpenAI
-from serving import GRANTED, salloc_serve, serve_env
-from test_runtime_none import HOST_PYTHON, STANDIN, rank_environments, wait_until_gone
+from serving import GRANTED, salloc_serve, serve_env, shared_workspace, standin_venv_at
+from test_runtime_none import rank_environments, wait_until_gone
 
 from slurm_sglang.profile import load_profile
 from slurm_sglang.render import render_script, write_script
@@ -39,22 +39,14 @@ SHIMS = Path(__file__).resolve().parent / "shims"
 @pytest.fixture(scope="module")
 def workspace(sandbox: SandboxInfo) -> Iterator[Path]:
     """A directory of this module's own on the shared storage, removed afterwards."""
-    path = sandbox.shared_dir / "tests" / f"runtime-shims-{uuid.uuid4().hex[:8]}"
-    path.mkdir(parents=True)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with shared_workspace(sandbox, "runtime-shims") as path:
+        yield path
 
 
 @pytest.fixture(scope="module")
 def image_root(workspace: Path) -> Path:
     """The pretend image: a venv of the system python3 with the stand-in `sglang`."""
-    venv = workspace / "image-root"
-    subprocess.run([HOST_PYTHON, "-m", "venv", "--without-pip", str(venv)], check=True)
-    where = "import sysconfig; print(sysconfig.get_path('purelib'))"
-    site = subprocess.run([str(venv / "bin" / "python"), "-c", where],
-                          capture_output=True, text=True, check=True).stdout.strip()
-    shutil.copytree(STANDIN, Path(site) / "sglang", ignore=shutil.ignore_patterns("__pycache__"))
-    return venv
+    return standin_venv_at(workspace / "image-root")
 
 
 @pytest.fixture(scope="module")
