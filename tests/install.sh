@@ -26,7 +26,8 @@ err() {
 install_apt_packages() {
   local missing=() package
   for package in "${APT_PACKAGES[@]}"; do
-    dpkg -s "${package}" 2>/dev/null | grep -q '^Status: install ok installed' \
+    # dpkg-query answers in one word; `dpkg -s | grep -q` under pipefail failed on SIGPIPE.
+    [[ $(dpkg-query -W -f='${Status}' "${package}" 2>/dev/null) == "install ok installed" ]] \
       || missing+=("${package}")
   done
   ((${#missing[@]})) || return 0
