@@ -842,6 +842,115 @@ def _with_idle_reason(placed: Plan) -> Plan:
     return placed._replace(reasons=placed.reasons + (note,))
 
 
+# ---- ports: where the plan's ports land, given what already listens on the nodes ------------
+
+class PortChoice(NamedTuple):
+    """The ports a job uses, moved where they are free on every node, and the problems."""
+
+    port: int
+    dist_port: int
+    replica_base_port: int
+    replica_dist_ports: Tuple[int, ...]
+    router_metrics_port: int
+    nccl_port: int
+    problems: Tuple[Tuple[str, str], ...]
+
+
+def choose_ports(listening: Mapping[str, Sequence[int]], job_id: int, port: int,
+                 port_explicit: bool, dist_port: int, replicas: int, others_here: bool,
+                 check: bool = True) -> PortChoice:
+    """Ports free on every node (jobs may share nodes): a default one moves, an explicit one in
+    use is a problem (nodes, message) for the pre-flight table unless check is off."""
+    busy = {}  # type: Dict[int, List[str]]
+    for node, ports in sorted(listening.items()):
+        for number in ports:
+            busy.setdefault(number, []).append(node)
+    problems = []  # type: List[Tuple[str, str]]
+    planned = set()  # type: Set[int]
+
+    def free(first: int, count: int) -> bool:
+        return all(n not in busy and n not in planned for n in range(first, first + count))
+
+    # Jobs that start together on shared nodes would both see the default port free.
+    if not port_explicit and others_here:
+        port += 1 + job_id % 500
+    if port in busy:
+        if port_explicit:
+            if check:
+                problems.append((",".join(busy[port]), "port {} (--port) is in use".format(port)))
+        else:
+            port = next((p for p in range(port + 1, port + 200) if p not in busy), port + 200)
+    if dist_port:
+        if dist_port in busy and check:
+            problems.append((",".join(busy[dist_port]),
+                             "dist port {} (--dist-port) is in use".format(dist_port)))
+    else:
+        # Attention DP binds P .. P+13 on the head, P .. P+6 on every node.
+        dist_port = 20000 + (job_id % 2000) * 16
+        for _ in range(64):
+            if (dist_port + 16 <= port or dist_port > port) and free(dist_port, 14):
+                break
+            # A far hop: the next slots belong to jobs submitted just before or after this one.
+            dist_port = 20000 + (dist_port - 20000 + 16 * 1009) % 32000
+    planned.update({port}, range(dist_port, dist_port + 14))
+    base = port + 1
+    dist_ports = []  # type: List[int]
+    if replicas:
+        # The replicas' HTTP block and the router's metrics port, moved as one.
+        width = router_metrics_port(port, replicas) + 1 - base
+        base = next((p for p in range(port + 1, port + 1000) if free(p, width)), port + 1000)
+        if base + width > 65536:
+            problems.append(("-", "no block of {} free ports above {} for the replicas and the "
+                                  "router's metrics".format(width, port)))
+        planned.update(range(base, base + width))
+        candidate = 20000 + (job_id % 2000) * 16
+        for _ in range(replicas):
+            for _ in range(4096):
+                candidate = 20000 if candidate + 2 > 52000 else candidate + 2
+                if free(candidate, 2):
+                    break
+            planned.update((candidate, candidate + 1))
+            dist_ports.append(candidate)
+    # The NCCL check's rendezvous: apart from the dist-init range, so sglang never meets its
+    # TIME_WAIT.
+    first = dist_port + 14 if dist_port + 214 <= 65535 else 20000
+    nccl_port = next((p for p in range(first, first + 200) if free(p, 1)), 0)
+    return PortChoice(port, dist_port, base, tuple(dist_ports),
+                      router_metrics_port(base - 1, replicas) if replicas else 0, nccl_port,
+                      tuple(problems))
+
+
+def port_assignments(choice: PortChoice) -> str:
+    """The port choice as bash assignments; problems as PORT_PROBLEMS (NODES<TAB>message)."""
+    values = [
+        ("PORT", str(choice.port)), ("DIST_PORT", str(choice.dist_port)),
+        ("REPLICA_BASE_PORT", str(choice.replica_base_port)),
+        ("REPLICA_DIST_PORTS", ",".join(str(p) for p in choice.replica_dist_ports)),
+        ("ROUTER_METRICS_PORT", str(choice.router_metrics_port or "")),
+        ("PREFLIGHT_NCCL_PORT", str(choice.nccl_port or "")),
+    ]
+    lines = ["{}={}".format(name, shlex.quote(value)) for name, value in values]
+    rows = " ".join(shlex.quote("{}\tports\t{}".format(nodes, message))
+                    for nodes, message in choice.problems)
+    lines.append("PORT_PROBLEMS=({})".format(rows))
+    return "\n".join(lines) + "\n"
+
+
+def _ports_main(options: List[str]) -> int:
+    listening = {}  # type: Dict[str, List[int]]
+    while "--listening" in options:
+        node, _, ports = _str_option(options, "--listening", "").partition("=")
+        listening[node] = [int(p) for p in ports.split(",") if p.isdigit()]
+    choice = choose_ports(
+        listening, _int_option(options, "--job-id", 0), _int_option(options, "--port", 30000),
+        _str_option(options, "--port-explicit", "0") == "1",
+        _int_option(options, "--dist-port", 0), _int_option(options, "--replicas", 0),
+        _str_option(options, "--others-here", "0") == "1",
+        _str_option(options, "--check", "1") == "1")
+    sys.stdout.write(port_assignments(choice))
+    return 0
+
+
 # ---- the script's view: one call, shell assignments --------------------------------------------
 
 ROUTER_POLICIES = ("cache_aware", "round_robin", "random", "power_of_two")
@@ -930,6 +1039,8 @@ def shell_assignments(result: Launch) -> str:
     ]
     lines = ["{}={}".format(name, shlex.quote(value)) for name, value in values]
     lines.append("SGLANG_ARGS=({})".format(" ".join(shlex.quote(a) for a in result.server_argv)))
+    # The interpreter itself, so that the script's next call skips wrappers (pyenv's shims).
+    lines.append("PLAN_PYTHON={}".format(shlex.quote(sys.executable)))
     return "\n".join(lines) + "\n"
 
 
@@ -958,12 +1069,21 @@ def main(argv: Sequence[str]) -> int:
     """`launch_plan.py bash|plan|argv [--nodes N ...] -- SGLANG ARGS`: what the script runs once.
 
     bash prints the plan as shell assignments, plan as the table `check` prints; argv checks
-    the arguments alone (outside an allocation, where there are no nodes to place on)."""
-    if not argv or argv[0] not in ("bash", "plan", "argv"):
+    the arguments alone (outside an allocation, where there are no nodes to place on); ports
+    moves the plan's ports to where they are free, once the nodes said what listens there."""
+    if not argv or argv[0] not in ("bash", "plan", "argv", "ports"):
         sys.stderr.write("usage: launch_plan.py bash|plan|argv [--nodes N --gpus-per-node G "
-                         "--port P ...] -- SGLANG ARGS\n")
+                         "--port P ...] -- SGLANG ARGS\n"
+                         "       launch_plan.py ports --job-id J --port P [--listening NODE=P,P "
+                         "...] [--replicas N ...]\n")
         return 2
     mode = argv[0]
+    if mode == "ports":
+        try:
+            return _ports_main(list(argv[1:]))
+        except UserInputError as exc:
+            sys.stderr.write("slurm-sglang: {}\n".format(exc))
+            return 2
     split = list(argv).index("--") if "--" in argv else len(argv)
     options = list(argv[1:split])
     try:

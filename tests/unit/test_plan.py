@@ -14,6 +14,7 @@ from slurm_sglang.launch_plan import (
     LaunchRequest,
     Plan,
     PlanError,
+    choose_ports,
     launch,
     parse_parallelism,
     plan,
@@ -170,31 +171,56 @@ def test_shell_assignments_carry_the_router_metrics_port() -> None:
     assert "ROUTER_METRICS_PORT=''\n" in shell_assignments(launch(single))
 
 
-BASH_PORTS = r"""
+@pytest.mark.parametrize(("busy", "chosen"), [
+    ((), (30001, 30003)), ((30003,), (30004, 30006)), ((30002, 30005), (30006, 30008)),
+])
+def test_the_metrics_port_moves_with_the_replica_block(
+        busy: tuple[int, ...], chosen: tuple[int, int]) -> None:
+    choice = choose_ports({"n1": busy}, 7, 30000, False, 0, 2, False)
+    assert (choice.replica_base_port, choice.router_metrics_port) == chosen
+    assert not choice.problems
+
+
+def test_ports_in_use_move_or_are_named() -> None:
+    listening = {"n0": (30000, 20112), "n1": (30000, 30001)}
+    moved = choose_ports(listening, 7, 30000, False, 0, 0, False)
+    assert moved.port == 30002 and not moved.problems
+    assert not set(range(moved.dist_port, moved.dist_port + 14)) & {30000, 30001, 20112}
+    kept = choose_ports(listening, 7, 30000, True, 20112, 0, False)
+    assert (kept.port, kept.dist_port) == (30000, 20112)
+    assert kept.problems == (("n0,n1", "port 30000 (--port) is in use"),
+                             ("n0", "dist port 20112 (--dist-port) is in use"))
+    assert not choose_ports(listening, 7, 30000, True, 20112, 0, False, check=False).problems
+    # Another job on these nodes: an unasked-for port starts from the job id.
+    assert choose_ports({}, 7, 30000, False, 0, 0, True).port == 30008
+
+
+def test_replica_and_nccl_ports_never_overlap() -> None:
+    choice = choose_ports({"n0": (30000,)}, 1999, 30000, False, 0, 4, False)
+    taken = [choice.port, *range(choice.dist_port, choice.dist_port + 14),
+             *range(choice.replica_base_port, choice.router_metrics_port + 1)]
+    for dist in choice.replica_dist_ports:
+        taken += [dist, dist + 1]
+    taken.append(choice.nccl_port)
+    assert len(taken) == len(set(taken)) and 30000 not in taken[1:]
+
+
+def test_the_script_takes_its_ports_from_launch_plan(script: Path) -> None:
+    program = r"""
 source <(sed '$d' "$1")
 set +e
-SGLANG_ARGS=(--model-path m --tp 8 --dp 2)
-NODES=(n0 n1)
-CONTAINER_CLI=podman SLURM_JOB_ID=7 PORT=30000
-declare -A BUSY_PORTS=()
-for port in $2; do BUSY_PORTS[${port}]=n1; done
-replica_flag_defaults
+other_jobs_here() { return 1; }
+log_event() { :; }
 find_support_dir "$1"
-plan_launch 2 8
-choose_replica_ports
-printf '%s %s\n' "${REPLICA_BASE_PORT}" "${ROUTER_METRICS_PORT}"
+SLURM_JOB_ID=7 PORT=30000 PORT_EXPLICIT=1 DIST_PORT=0 SKIP_PREFLIGHT=0 REPLICA_MODE=0
+LISTENING=(--listening n1=30000) PREFLIGHT_ROWS=()
+choose_ports
+printf '%s\n' "${PORT} ${PREFLIGHT_ROWS[*]}"
 """
-
-
-@pytest.mark.parametrize(("busy", "chosen"), [
-    ("", "30001 30003"), ("30003", "30004 30006"), ("30002 30005", "30006 30008"),
-])
-def test_bash_moves_the_metrics_port_with_the_replica_block(
-        script: Path, busy: str, chosen: str) -> None:
-    result = subprocess.run(["bash", "-c", BASH_PORTS, "ports", str(script), busy],
+    result = subprocess.run(["bash", "-c", program, "ports", str(script)],
                             capture_output=True, text=True, timeout=30, check=False)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines()[-1] == chosen
+    assert result.stdout.splitlines()[-1] == "30000 n1\tports\tport 30000 (--port) is in use"
 
 
 BASH_ROUTER = r"""
@@ -204,12 +230,11 @@ SGLANG_ARGS=(--model-path m --tp 8 --dp 2)
 NODES=(n0 n1)
 CONTAINER_CLI=podman SLURM_JOB_ID=7 PORT=30000
 HEALTH_TIMEOUT=60 ROUTER_LOG=$3/router.log NODE_IP_LIST=10.0.0.1,10.0.0.2
-declare -A BUSY_PORTS=()
 replica_flag_defaults
 ROUTER_POLICY=$2
 find_support_dir "$1"
 plan_launch 2 8
-choose_replica_ports
+REPLICA_BASE_PORT=30001 ROUTER_METRICS_PORT=30003
 router_launch
 wait "${ROUTER_PID}"
 """

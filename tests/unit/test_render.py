@@ -44,18 +44,34 @@ def _write(script: str, tmp_path: Path) -> Path:
     return path
 
 
+def _scenario_diff(name: str, script: str) -> str:
+    """The scenario's rendering as a unified diff against the default one (sbatch/run.sbatch)."""
+    default = render_script(load_profile("default"))
+    return "".join(difflib.unified_diff(default.splitlines(True), script.splitlines(True),
+                                        "run.sbatch", name, n=1))
+
+
 def _compare_golden(name: str, script: str) -> None:
-    path = GOLDEN / f"{name}.sbatch"
+    """A scenario's golden file holds only what it changes in the default script: small
+    enough to review, and every partial's rendering is in one of them."""
+    path = GOLDEN / f"{name}.diff"
+    diff = _scenario_diff(name, script)
     if UPDATE:
-        path.write_text(script)
+        GOLDEN.mkdir(exist_ok=True)
+        path.write_text(diff)
         return
     assert path.exists(), f"no golden file {path.name}; create it with: {UPDATE_HINT}"
     expected = path.read_text()
-    if expected != script:
-        diff = "".join(difflib.unified_diff(expected.splitlines(True), script.splitlines(True),
+    if expected != diff:
+        meta = "".join(difflib.unified_diff(expected.splitlines(True), diff.splitlines(True),
                                             str(path), "rendered", n=2))
-        pytest.fail(f"{path.name} differs from a fresh render:\n{diff[:6000]}\n"
+        pytest.fail(f"{path.name} differs from a fresh render:\n{meta[:6000]}\n"
                     f"If the change is intended: {UPDATE_HINT}")
+
+
+# Runtimes and fabrics are independent partials: each is pinned once, beside the default other.
+SCENARIOS = [(runtime, "auto") for runtime in RUNTIMES] + [
+    ("docker", fabric) for fabric in FABRICS if fabric != "auto"]
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
@@ -64,7 +80,11 @@ def test_every_runtime_and_fabric_renders_clean(runtime: str, fabric: str,
                                                  tmp_path: Path) -> None:
     script = render_script(_profile(runtime, fabric))
     subprocess.run(["bash", "-n", str(_write(script, tmp_path))], check=True)
-    _compare_golden(f"matrix-{runtime}-{fabric}", script)
+
+
+@pytest.mark.parametrize(("runtime", "fabric"), SCENARIOS)
+def test_runtime_and_fabric_goldens(runtime: str, fabric: str) -> None:
+    _compare_golden(f"{runtime}-{fabric}", render_script(_profile(runtime, fabric)))
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
@@ -75,11 +95,17 @@ def test_every_runtime_and_fabric_passes_shellcheck(runtime: str, fabric: str, t
     assert findings == "", findings
 
 
-@pytest.mark.parametrize("name", builtin_profile_names())
+@pytest.mark.parametrize("name", [n for n in builtin_profile_names() if n != "default"])
 def test_builtin_profile_goldens(name: str, tmp_path: Path) -> None:
     script = render_script(load_profile(name))
     subprocess.run(["bash", "-n", str(_write(script, tmp_path))], check=True)
     _compare_golden(f"profile-{name}", script)
+
+
+def test_golden_files_stay_reviewable() -> None:
+    sizes = {path.name: len(path.read_text().splitlines()) for path in GOLDEN.iterdir()}
+    assert not [name for name in sizes if not name.endswith(".diff")], sizes
+    assert max(sizes.values()) < 1000, sizes
 
 
 @pytest.mark.parametrize("name", builtin_profile_names())
