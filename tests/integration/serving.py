@@ -45,6 +45,13 @@ def shared_workspace(sandbox: SandboxInfo, prefix: str) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def tiny_model(path: Path) -> Path:
+    """A model directory the stand-in serves (its config names a Llama), made where asked."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
+    return path
+
+
 def standin_venv_at(venv: Path) -> Path:
     """A venv made with the system python3, the stand-in `sglang` package copied into it."""
     subprocess.run([HOST_PYTHON, "-m", "venv", "--without-pip", str(venv)], check=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from openai import OpenAI
-from serving import job_containers, job_processes, salloc_serve, sbatch_serve
+from serving import job_containers, job_processes, salloc_serve, sbatch_serve, tiny_model
 
 from slurm_sglang.profile import load_profile
 from slurm_sglang.render import render_script, write_script
@@ -21,9 +21,7 @@ JSON_ARG = '{"rope_scaling": {"type": "yarn", "factor": 4.0}, "note": "a b $HOME
 @pytest.fixture(scope="module")
 def model_dir(sandbox: SandboxInfo) -> Path:
     """A model directory with a space in its name, on the shared storage."""
-    path = sandbox.shared_dir / "models" / "tiny model"
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
+    path = tiny_model(sandbox.shared_dir / "models" / "tiny model")
     return path
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from serving import job_containers, serve_env, wait_job_gone
+from serving import job_containers, serve_env, tiny_model, wait_job_gone
 
 from slurm_sglang.profile import load_profile
 from slurm_sglang.render import render_script, write_script
@@ -87,9 +87,7 @@ def test_each_node_finds_its_own_fabric_from_its_own_devices(
     profile_path.write_text(yaml.safe_dump(profile))
     script = scripts / "run-fabric-auto.sbatch"
     write_script(render_script(load_profile(str(profile_path))), script)
-    model = sandbox.shared_dir / "models" / "fabric-auto"
-    model.mkdir(parents=True, exist_ok=True)
-    (model / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
+    model = tiny_model(sandbox.shared_dir / "models" / "fabric-auto")
 
     submitted = subprocess.run(
         ["sbatch", "--parsable", "-N", str(NODES), "-p", "sandbox", "-w", ",".join(nodes),

@@ -24,6 +24,7 @@ from serving import (
     job_processes,
     salloc_serve,
     serve_env,
+    tiny_model,
     wait_job_gone,
 )
 
@@ -51,9 +52,7 @@ KILL_WAIT_SECONDS = 10  # the sandbox's slurm.conf KillWait
 @pytest.fixture(scope="module")
 def model_dir(sandbox: SandboxInfo) -> Path:
     """A model directory on the shared storage, readable on every node."""
-    path = sandbox.shared_dir / "models" / "faults model"
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
+    path = tiny_model(sandbox.shared_dir / "models" / "faults model")
     return path
 
 

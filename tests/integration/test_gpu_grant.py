@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from serving import salloc_serve, serve_env, shared_workspace, standin_venv_at
+from serving import salloc_serve, serve_env, shared_workspace, standin_venv_at, tiny_model
 from test_runtime_none import none_profile
 
 from slurm_sglang.profile import load_profile
@@ -68,9 +68,7 @@ def standin_venv(workspace: Path) -> Path:
 @pytest.fixture(scope="module")
 def model_dir(workspace: Path) -> Path:
     """A model directory only this module's ranks name."""
-    path = workspace / "model"
-    path.mkdir()
-    (path / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
+    path = tiny_model(workspace / "model")
     return path
 
 

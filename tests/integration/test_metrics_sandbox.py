@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import yaml
 from openai import OpenAI
-from serving import READY, Serving, wait_job_gone
+from serving import READY, Serving, tiny_model, wait_job_gone
 
 from slurm_sglang.jobs import JobRecord
 from slurm_sglang.profile import load_profile
@@ -75,9 +75,7 @@ def jobs(sandbox: SandboxInfo, tmp_path_factory: pytest.TempPathFactory
     profile_path.write_text(yaml.safe_dump(profile))
     script = scripts / "run-metrics.sbatch"
     write_script(render_script(load_profile(str(profile_path))), script)
-    model = sandbox.shared_dir / "models" / "metrics"
-    model.mkdir(parents=True, exist_ok=True)
-    (model / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
+    model = tiny_model(sandbox.shared_dir / "models" / "metrics")
     env = {**os.environ, "SLURM_SGLANG_CONTAINER_CLI": "podman",
            "SLURM_SGLANG_GPUS_MODE": "env", "SGLANG_STANDIN_LOAD_SECONDS": "0.5"}
     nodes = ",".join(sandbox.nodes[-2:])

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 import yaml
-from serving import Serving, job_containers, salloc_serve, serve_env
+from serving import Serving, job_containers, salloc_serve, serve_env, tiny_model
 
 from slurm_sglang.launch_plan import rank_argv, server_argv
 from slurm_sglang.profile import load_profile
@@ -66,9 +66,7 @@ def script(sandbox: SandboxInfo, profile_path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def model_dir(sandbox: SandboxInfo) -> Path:
-    path: Path = sandbox.shared_dir / "models" / "plan-launch"
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
+    path: Path = tiny_model(sandbox.shared_dir / "models" / "plan-launch")
     return path
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from serving import READY, stop, wait_job_gone
+from serving import READY, stop, tiny_model, wait_job_gone
 
 from slurm_sglang.profile import load_profile
 from slurm_sglang.render import render_script, write_script
@@ -139,9 +139,7 @@ def test_check_alone_across_nodes(sandbox: SandboxInfo, none_runtime: SandboxLau
 def test_serving_starts_after_the_check(sandbox: SandboxInfo, none_runtime: SandboxLaunch,
                                        tmp_path: Path) -> None:
     """The profile's preflight.nccl: every node passes the check before any rank starts."""
-    model = none_runtime.workspace / "tiny-model"
-    model.mkdir(exist_ok=True)
-    (model / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
+    model = tiny_model(none_runtime.workspace / "tiny-model")
     output_path = tmp_path / "salloc.out"
     with output_path.open("wb") as sink:
         process = subprocess.Popen(

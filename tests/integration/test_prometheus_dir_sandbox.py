@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from serving import sbatch_serve, serve_env
+from serving import sbatch_serve, serve_env, tiny_model
 
 from slurm_sglang.profile import load_profile
 from slurm_sglang.render import render_script, write_script
@@ -38,9 +38,7 @@ def test_the_job_publishes_its_targets_where_the_profile_says_and_removes_them(
     profile_path.write_text(yaml.safe_dump(profile))
     script = scripts / "run-prometheus-dir.sbatch"
     write_script(render_script(load_profile(str(profile_path))), script)
-    model = sandbox.shared_dir / "models" / "prometheus-dir"
-    model.mkdir(parents=True, exist_ok=True)
-    (model / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
+    model = tiny_model(sandbox.shared_dir / "models" / "prometheus-dir")
     args = ["--model-path", str(model), "--tp", "2"]
     with sbatch_serve(sandbox, script, 2, args,
                       env=serve_env(SLURM_SGLANG_API_KEY=API_KEY)) as run:

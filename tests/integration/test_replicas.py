@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 from openai import OpenAI
-from serving import Serving, job_containers, salloc_serve, sbatch_serve, serve_env
+from serving import Serving, job_containers, salloc_serve, sbatch_serve, serve_env, tiny_model
 
 from slurm_sglang.profile import load_profile
 from slurm_sglang.render import render_script, write_script
@@ -48,9 +48,7 @@ def replicas_script(sandbox: SandboxInfo) -> Path:
 
 @pytest.fixture(scope="module")
 def model_dir(sandbox: SandboxInfo) -> Path:
-    path: Path = sandbox.shared_dir / "models" / "replicas"
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
+    path: Path = tiny_model(sandbox.shared_dir / "models" / "replicas")
     return path
 
 

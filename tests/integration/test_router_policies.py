@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 from openai import OpenAI
-from serving import job_containers, sbatch_serve
+from serving import job_containers, sbatch_serve, tiny_model
 
 from slurm_sglang.launch_plan import ROUTER_POLICIES
 from slurm_sglang.profile import load_profile
@@ -43,9 +43,7 @@ def policies_script(sandbox: SandboxInfo) -> Path:
 
 @pytest.fixture(scope="module")
 def model_dir(sandbox: SandboxInfo) -> Path:
-    path: Path = sandbox.shared_dir / "models" / "policies"
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
+    path: Path = tiny_model(sandbox.shared_dir / "models" / "policies")
     return path
 
 

@@ -24,6 +24,7 @@ from serving import (
     serve_env,
     shared_workspace,
     standin_venv_at,
+    tiny_model,
 )
 
 from slurm_sglang.profile import load_profile
@@ -52,9 +53,7 @@ def standin_venv(workspace: Path) -> Path:
 @pytest.fixture(scope="module")
 def model_dir(workspace: Path) -> Path:
     """A model directory only this module's ranks name on their command lines."""
-    path = workspace / "tiny model"
-    path.mkdir()
-    (path / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
+    path = tiny_model(workspace / "tiny model")
     return path
 
 

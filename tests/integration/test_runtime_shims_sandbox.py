@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 from openai import OpenAI
-from serving import GRANTED, salloc_serve, serve_env, shared_workspace, standin_venv_at
+from serving import GRANTED, salloc_serve, serve_env, shared_workspace, standin_venv_at, tiny_model
 from test_runtime_none import rank_environments, wait_until_gone
 
 from slurm_sglang.profile import load_profile
@@ -60,9 +60,7 @@ def shims(workspace: Path) -> Path:
 @pytest.fixture(scope="module")
 def model_dir(workspace: Path) -> Path:
     """A model directory only this module's ranks name."""
-    path = workspace / "model"
-    path.mkdir()
-    (path / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
+    path = tiny_model(workspace / "model")
     return path
 
 

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from serving import READY, job_containers, salloc_serve, serve_env, stop
+from serving import READY, job_containers, salloc_serve, serve_env, stop, tiny_model
 
 from slurm_sglang.profile import load_profile
 from slurm_sglang.render import render_script, write_script
@@ -20,9 +20,7 @@ pytestmark = pytest.mark.cluster
 
 @pytest.fixture(scope="module")
 def model_dir(sandbox: SandboxInfo) -> Path:
-    path = sandbox.shared_dir / "models" / "tiny-seed"
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
+    path = tiny_model(sandbox.shared_dir / "models" / "tiny-seed")
     return path
 
 

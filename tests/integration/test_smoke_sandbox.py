@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from serving import salloc_serve, serve_env
+from serving import salloc_serve, serve_env, tiny_model
 
 from slurm_sglang.profile import load_profile
 from slurm_sglang.render import render_script, write_script
@@ -20,9 +20,7 @@ def test_smoke_passes_on_a_two_node_job_and_needs_its_api_key(sandbox: SandboxIn
                                                              tmp_path: Path) -> None:
     script = sandbox.shared_dir / "scripts" / "smoke-run-sandbox.sbatch"
     write_script(render_script(load_profile(str(sandbox.profile_path))), script)
-    model = sandbox.shared_dir / "models" / "smoke-tiny"
-    model.mkdir(parents=True, exist_ok=True)
-    (model / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
+    model = tiny_model(sandbox.shared_dir / "models" / "smoke-tiny")
     args = ["--model-path", str(model), "--tp", "2", "--served-model-name", "smoke-tiny"]
     # The key reaches sglang from the environment, never on a command line ps would show.
     env = serve_env(SLURM_SGLANG_API_KEY=API_KEY)

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from serving import job_containers
+from serving import job_containers, tiny_model
 
 from slurm_sglang.sandbox.layout import SandboxInfo
 
@@ -30,9 +30,7 @@ def cli_env(tmp_path: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def model_dir(sandbox: SandboxInfo) -> Path:
-    path = sandbox.shared_dir / "models" / "submit-model"
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
+    path = tiny_model(sandbox.shared_dir / "models" / "submit-model")
     return path
 
 
