@@ -1073,9 +1073,8 @@ def main(argv: Sequence[str]) -> int:
     moves the plan's ports to where they are free, once the nodes said what listens there."""
     if not argv or argv[0] not in ("bash", "plan", "argv", "ports"):
         sys.stderr.write("usage: launch_plan.py bash|plan|argv [--nodes N --gpus-per-node G "
-                         "--port P ...] -- SGLANG ARGS\n"
-                         "       launch_plan.py ports --job-id J --port P [--listening NODE=P,P "
-                         "...] [--replicas N ...]\n")
+                         "--port P ...] -- SGLANG ARGS | ports --job-id J --port P "
+                         "[--listening NODE=P,P ...]\n")
         return 2
     mode = argv[0]
     if mode == "ports":
