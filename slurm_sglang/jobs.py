@@ -102,6 +102,7 @@ class JobProgress:
     # copy); the broadcast's bytes sent so far, of how many, and its rate.
     staged: dict[str, tuple[int, int]] = field(default_factory=dict)
     stage_sent: tuple[int, int, int] = (0, 0, 0)
+    stage_missing: int = 0
 
     @property
     def nodes_not_ended(self) -> list[str]:
@@ -113,6 +114,9 @@ class JobProgress:
     def staging(self) -> str:
         """The model's staging in one line ('' when the job stages nothing)."""
         copied = {node: value for node, value in self.staged.items() if value[0]}
+        sent, total, rate = self.stage_sent
+        if total and len(copied) < self.stage_missing:
+            return f"staging the model: {_size(sent)} of {_size(total)} sent, {_size(rate)}/s"
         if copied:
             rates = ", ".join(f"{node} {_size(b)} at {_size(r)}/s" for node, (b, r) in
                               sorted(copied.items()))
@@ -120,9 +124,6 @@ class JobProgress:
             return f"model staged: {rates}" + (f"; {held} node(s) held a copy" if held else "")
         if self.staged:
             return f"model staged: {len(self.staged)} node(s) held a copy, nothing copied"
-        sent, total, rate = self.stage_sent
-        if total:
-            return f"staging the model: {_size(sent)} of {_size(total)} sent, {_size(rate)}/s"
         return ""
 
     @property
@@ -165,6 +166,8 @@ def read_progress(events_text: str) -> JobProgress:
             progress.ranks_loaded += 1
         elif event.kind == "stage" and event.fields.get("status") == "present":
             progress.staged[event.node] = (0, 0)
+        elif event.kind == "stage":
+            progress.stage_missing += 1
         elif event.kind == "staged":
             progress.staged[event.node] = (_int(event.fields.get("bytes")),
                                            _int(event.fields.get("rate")))

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from typing import Iterator, List, Optional, Set, Tuple
 
 MANIFEST = ".slurm-sglang-manifest"
 GIB = 1 << 30
@@ -23,7 +24,7 @@ class Refused(Exception):
     """What stops staging, as one line for the pre-flight table or the terminal."""
 
 
-def _files(source):
+def _files(source: str) -> Iterator[Tuple[str, str]]:
     for folder, dirs, names in os.walk(source, followlinks=True):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(names):
@@ -32,7 +33,7 @@ def _files(source):
                 yield os.path.relpath(path, source), path
 
 
-def _sha256(path):
+def _sha256(path: str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 22), b""):
@@ -40,7 +41,7 @@ def _sha256(path):
     return digest.hexdigest()
 
 
-def manifest(source, out, checksum, cache):
+def manifest(source: str, out: str, checksum: bool, cache: str) -> None:
     """Write the source's manifest (names, sizes, mtimes; sha256 with checksum) to out, print
     its bytes. Sums are read from the shared copy once per change and kept in cache."""
     if not os.path.isdir(source):
@@ -53,7 +54,7 @@ def manifest(source, out, checksum, cache):
         key = hashlib.sha256("\n".join([source] + lines).encode("utf-8")).hexdigest()
         kept = os.path.join(cache, key)
         if os.path.isfile(kept):
-            lines = open(kept).read().splitlines()
+            lines = [" ".join(row) for row in _read(kept)]
         else:
             lines = ["{} {} {} {}".format(st.st_size, int(st.st_mtime), _sha256(path), rel)
                      for st, rel, path in rows]
@@ -63,18 +64,18 @@ def manifest(source, out, checksum, cache):
     print(sum(st.st_size for st, _, _ in rows))
 
 
-def _write(path, lines):
+def _write(path: str, lines: List[str]) -> None:
     with open(path + ".tmp", "w") as handle:
         handle.write("\n".join(lines) + "\n")
     os.replace(path + ".tmp", path)
 
 
-def _read(path):
+def _read(path: str) -> List[List[str]]:
     with open(path) as handle:
         return [line.split(" ", 3) for line in handle.read().splitlines() if line]
 
 
-def _live_jobs():
+def _live_jobs() -> Optional[Set[str]]:
     """Job ids SLURM knows for this user; None when squeue cannot say (then nothing is stale)."""
     try:
         out = subprocess.check_output(["squeue", "-h", "-u", str(os.getuid()), "-o", "%A"],
@@ -84,7 +85,7 @@ def _live_jobs():
     return set(out.split())
 
 
-def _matches(target, expected):
+def _matches(target: str, expected: List[List[str]]) -> bool:
     """The copy at target is whole: its recorded manifest is the source's, sizes agree."""
     try:
         if _read(os.path.join(target, MANIFEST)) != expected:
@@ -95,27 +96,29 @@ def _matches(target, expected):
         return False
 
 
-def _copies(root):
+def _copies(root: str) -> List[Tuple[float, int, str]]:
     """The user's staged copies under root: (last use, bytes, path)."""
     found = []
     for name in os.listdir(root):
         path = os.path.join(root, name)
         mark = os.path.join(path, MANIFEST)
-        if not name.startswith(".") and os.path.isfile(mark) and os.stat(mark).st_uid == os.getuid():
+        if (not name.startswith(".") and os.path.isfile(mark)
+                and os.stat(mark).st_uid == os.getuid()):
             found.append((os.stat(mark).st_mtime, sum(int(r[0]) for r in _read(mark)), path))
     return sorted(found)
 
 
-def _in_use(root, job, live):
+def _in_use(root: str, job: str, live: Optional[Set[str]]) -> Set[str]:
     """Copies that another job SLURM still knows recorded as its own (.jobs/ID); the records
     of jobs gone from SLURM go."""
-    used = set()
+    used = set()  # type: Set[str]
     jobs = os.path.join(root, ".jobs")
     for name in os.listdir(jobs):
         if name == job:
             continue
         if live is None or name in live:
-            used.update(open(os.path.join(jobs, name)).read().split())
+            with open(os.path.join(jobs, name)) as record:
+                used.update(record.read().splitlines())
         else:
             os.remove(os.path.join(jobs, name))
     for name in os.listdir(root):
@@ -125,7 +128,7 @@ def _in_use(root, job, live):
     return used
 
 
-def node(manifest_path, target, job, margin, limit):
+def node(manifest_path: str, target: str, job: str, margin: int, limit: int) -> None:
     """On a node before the ranks: record the use, keep a matching copy (status=present), or
     make room (least recently used first, never a copy in use) for the broadcast."""
     expected = _read(manifest_path)
@@ -165,12 +168,12 @@ def node(manifest_path, target, job, margin, limit):
     print("status=missing bytes={} evicted={}".format(size, ",".join(evicted) or "none"))
 
 
-def _free(path):
+def _free(path: str) -> int:
     st = os.statvfs(path)
     return st.f_bavail * st.f_frsize
 
 
-def send(manifest_path, source, target, job, fanout):
+def send(manifest_path: str, source: str, target: str, job: str, fanout: int) -> None:
     """Where the script starts: one sbcast per file (SLURM's tree fan-out) into every node's
     incoming folder, printing progress as `bytes=N total=N rate=BYTES_PER_S`."""
     rows = _read(manifest_path)
@@ -189,7 +192,7 @@ def send(manifest_path, source, target, job, fanout):
             time.time() - started, 1e-3))), flush=True)
 
 
-def finish(manifest_path, target, job, started):
+def finish(manifest_path: str, target: str, job: str, started: str) -> None:
     """On a node after the broadcast: check the incoming copy (sizes; sums in the manifest) and
     move it into place, or drop it where the node held a copy already."""
     expected = _read(manifest_path)
@@ -209,12 +212,12 @@ def finish(manifest_path, target, job, started):
             raise Refused("{} arrived with another sha256 than the source's".format(rel))
     _write(os.path.join(incoming, MANIFEST), [" ".join(row) for row in expected])
     os.rename(incoming, target)
-    size = sum(int(row[0]) for row in expected)
+    total = sum(int(row[0]) for row in expected)
     seconds = max(time.time() - float(started), 1e-3)
-    print("bytes={} seconds={:.1f} rate={}".format(size, seconds, int(size / seconds)))
+    print("bytes={} seconds={:.1f} rate={}".format(total, seconds, int(total / seconds)))
 
 
-def download(model):
+def download(model: str) -> None:
     """Once per job, before the ranks: the hub id into the shared cache; prints the snapshot.
     Stale .lock files are cleared first when their job (ours, recorded) is gone from SLURM."""
     try:
@@ -222,25 +225,25 @@ def download(model):
     except ImportError:
         raise Refused("{} is a hub id, and huggingface_hub is not importable by {} here: "
                       "pip install --user huggingface_hub, or download it on the login node "
-                      "(see below)".format(model, sys.executable))
+                      "(see below)".format(model, sys.executable)) from None
     locks = os.path.join(constants.HF_HUB_CACHE, ".locks", "models--" + model.replace("/", "--"))
     os.makedirs(locks, exist_ok=True)
     job = os.environ.get("SLURM_JOB_ID", "0")
     marker = os.path.join(locks, "slurm-sglang-job-" + job)
-    _clear_stale_locks(locks, marker)
+    _clear_stale_locks(locks)
     open(marker, "w").close()
     try:
         path = snapshot_download(model)
     except Exception as error:  # the hub's errors vary by version: name it, then say what to do
         raise Refused("{} could not be downloaded from {} on {} ({}: {})".format(
             model, constants.ENDPOINT, socket.gethostname(), type(error).__name__,
-            str(error).splitlines()[0] if str(error) else ""))
+            str(error).splitlines()[0] if str(error) else "")) from None
     finally:
         os.remove(marker)
     print(path)
 
 
-def _clear_stale_locks(locks, ours):
+def _clear_stale_locks(locks: str) -> None:
     live = _live_jobs()
     markers = [n for n in os.listdir(locks) if n.startswith("slurm-sglang-job-")]
     gone = [n for n in markers if live is not None and n.rsplit("-", 1)[1] not in live]
@@ -254,7 +257,7 @@ def _clear_stale_locks(locks, ours):
         ",".join(n.rsplit("-", 1)[1] for n in gone), locks))
 
 
-def main(argv):
+def main(argv: List[str]) -> int:
     """`stage_model.py manifest|node|send|finish|download ARGS` (docs/staging.md)."""
     command, args = argv[0], argv[1:]
     try:

@@ -31,10 +31,10 @@ class HubStandin:
             def log_message(self, *args: object) -> None:
                 pass
 
-            def do_HEAD(self) -> None:  # noqa: N802 (http.server's name)
+            def do_HEAD(self) -> None:
                 hub.answer(self, body=False)
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 hub.answer(self, body=True)
 
         self.server = ThreadingHTTPServer((host, 0), Handler)
