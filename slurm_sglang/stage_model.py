@@ -136,8 +136,10 @@ def node(manifest_path: str, target: str, job: str, margin: int, limit: int) -> 
     root = os.path.dirname(target)
     os.makedirs(os.path.join(root, ".jobs"), mode=0o700, exist_ok=True)
     _write(os.path.join(root, ".jobs", job), [target])
-    if os.stat(root).st_uid != os.getuid():
-        raise Refused("{} belongs to another user".format(root))
+    # Another user's folder, or a link to one, would receive (or serve) the weights.
+    if os.path.islink(root) or os.lstat(root).st_uid != os.getuid():
+        raise Refused("{} is a link or belongs to another user: remove it, or choose another "
+                      "--stage-model".format(root))
     used = _in_use(root, job, _live_jobs())
     incoming = os.path.join(root, ".incoming-{}-{}".format(job, os.path.basename(target)))
     # sbcast writes to every node of the job: each needs the folders, present or not (a later
