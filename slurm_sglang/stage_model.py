@@ -24,6 +24,10 @@ class Refused(Exception):
     """What stops staging, as one line for the pre-flight table or the terminal."""
 
 
+class NoHubLibrary(Refused):
+    """huggingface_hub is missing here and the model is not in the cache (exit 3)."""
+
+
 def _files(source: str) -> Iterator[Tuple[str, str]]:
     for folder, dirs, names in os.walk(source, followlinks=True):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
@@ -225,9 +229,12 @@ def download(model: str) -> None:
     try:
         from huggingface_hub import constants, snapshot_download
     except ImportError:
-        raise Refused("{} is a hub id, and huggingface_hub is not importable by {} here: "
-                      "pip install --user huggingface_hub, or download it on the login node "
-                      "(see below)".format(model, sys.executable)) from None
+        cached = _cached_snapshot(model)
+        if cached:
+            print(cached)
+            return
+        raise NoHubLibrary("huggingface_hub is not importable by {} here (pip install --user "
+                           "huggingface_hub)".format(sys.executable)) from None
     locks = os.path.join(constants.HF_HUB_CACHE, ".locks", "models--" + model.replace("/", "--"))
     os.makedirs(locks, exist_ok=True)
     job = os.environ.get("SLURM_JOB_ID", "0")
@@ -243,6 +250,20 @@ def download(model: str) -> None:
     finally:
         os.remove(marker)
     print(path)
+
+
+def _cached_snapshot(model: str) -> str:
+    """The main revision's snapshot in the hub cache (huggingface_hub's layout), or ''."""
+    home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache",
+                                                     "huggingface")
+    repo = os.path.join(os.environ.get("HF_HUB_CACHE") or os.path.join(home, "hub"),
+                        "models--" + model.replace("/", "--"))
+    try:
+        with open(os.path.join(repo, "refs", "main")) as ref:
+            snapshot = os.path.join(repo, "snapshots", ref.read().strip())
+    except OSError:
+        return ""
+    return snapshot if os.path.isdir(snapshot) else ""
 
 
 def _clear_stale_locks(locks: str) -> None:
@@ -275,7 +296,7 @@ def main(argv: List[str]) -> int:
             download(args[0])
     except (Refused, OSError, subprocess.CalledProcessError) as error:
         print(error)
-        return 1
+        return 3 if isinstance(error, NoHubLibrary) else 1
     return 0
 
 

@@ -138,3 +138,16 @@ def test_an_unreachable_hub_says_where_to_download(sandbox: SandboxInfo,
     line = next(line for line in done.stderr.splitlines() if "could not be downloaded" in line)
     assert "http://127.0.0.1:9" in line
     assert f"HF_HOME={workspace / 'hf'} hf download tiny/absent" in line
+
+
+def test_a_hub_id_without_huggingface_hub_here_is_left_to_the_ranks(
+        sandbox: SandboxInfo, workspace: Path, tmp_path: Path) -> None:
+    # The seed's own example: no staging, no huggingface_hub where the script starts (Debian's
+    # /usr/bin/python3 here has none), no cached copy: the job serves as before, and says so.
+    env = serve_env(HF_HOME=str(workspace / "hf"), SLURM_SGLANG_HUB_PYTHON="/usr/bin/python3")
+    args = ["--model-path", "Qwen/Qwen2.5-72B-Instruct", "--tp", "2"]
+    with salloc_serve(sandbox, _script(sandbox, workspace), 2, args, tmp_path, env=env) as run:
+        assert run.get_json("/get_server_info")["model_path"] == "Qwen/Qwen2.5-72B-Instruct"
+        text = run.output.read_text()
+    assert "huggingface_hub is not importable" in text
+    assert "each rank fetches Qwen/Qwen2.5-72B-Instruct itself" in text

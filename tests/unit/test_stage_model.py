@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -176,3 +177,21 @@ def test_progress_shows_bytes_and_rate_per_node() -> None:
     progress = read_progress(events + "\n10:00:30.000 staged node=n1 rank=0 bytes=3221225472 "
                              "seconds=30.0 rate=107374182")
     assert progress.phase == ("model staged: n1 3.0 GiB at 102.4 MiB/s; 1 node(s) held a copy")
+
+
+def _download(model: str, hf_home: Path) -> subprocess.CompletedProcess[str]:
+    # -I -S: no site packages, as where huggingface_hub is not installed.
+    env = {"PATH": os.environ["PATH"], "HF_HOME": str(hf_home)}
+    return subprocess.run([sys.executable, "-I", "-S", stage_model.__file__, "download", model],
+                          capture_output=True, text=True, env=env, check=False)
+
+
+def test_without_huggingface_hub_a_cached_model_is_found_else_exit_3(tmp_path: Path) -> None:
+    done = _download("org/name", tmp_path)
+    assert done.returncode == 3 and "huggingface_hub is not importable" in done.stdout
+    snapshot = tmp_path / "hub" / "models--org--name" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text("abc123")
+    done = _download("org/name", tmp_path)
+    assert (done.returncode, done.stdout) == (0, f"{snapshot}\n")
