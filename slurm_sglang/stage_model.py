@@ -138,12 +138,14 @@ def node(manifest_path: str, target: str, job: str, margin: int, limit: int) -> 
     expected = _read(manifest_path)
     size = sum(int(row[0]) for row in expected)
     root = os.path.dirname(target)
-    os.makedirs(os.path.join(root, ".jobs"), mode=0o700, exist_ok=True)
-    _write(os.path.join(root, ".jobs", job), [target])
+    os.makedirs(root, mode=0o700, exist_ok=True)
     # Another user's folder, or a link to one, would receive (or serve) the weights.
     if os.path.islink(root) or os.lstat(root).st_uid != os.getuid():
         raise Refused("{} is a link or belongs to another user: remove it, or choose another "
                       "--stage-model".format(root))
+    os.chmod(root, 0o700)
+    os.makedirs(os.path.join(root, ".jobs"), exist_ok=True)
+    _write(os.path.join(root, ".jobs", job), [target])
     used = _in_use(root, job, _live_jobs())
     incoming = os.path.join(root, ".incoming-{}-{}".format(job, os.path.basename(target)))
     # sbcast writes to every node of the job: each needs the folders, present or not (a later
