@@ -224,13 +224,15 @@ def submit(
     env: Mapping[str, str] | None = None,
     api_key_file: str = "",
     torch_profile: str | None = None,
+    stage_model: str = "",
 ) -> JobRecord:
     """Validate, render and submit; records the job and returns its record. Raises on bad input.
 
     env adds variables to the job's environment (over SSH never on a command line);
     api_key_file names a file on the cluster's shared storage holding the server's API key;
     torch_profile is the script's --profile: "" for the seed's bare form (the workspace's
-    sglang_profile), else a directory (relative to here, or to the workspace over SSH)."""
+    sglang_profile), else a directory (relative to here, or to the workspace over SSH);
+    stage_model is the script's --stage-model: a node-local directory, or "none"."""
     from slurm_sglang.errors import UserInputError
     from slurm_sglang.jobs import save_record
     from slurm_sglang.render import render_script
@@ -238,6 +240,9 @@ def submit(
 
     if time:
         time_minutes(time)
+    if stage_model and stage_model != "none" and not stage_model.startswith("/"):
+        raise UserInputError(f"--stage-model: {stage_model!r} is not an absolute path (a "
+                             "node-local directory, e.g. /local/nvme/models; none: no staging)")
     # The cheap checks first: sglang's own parser (seconds) runs once everything else passed.
     quick = check(sglang_args, cluster, nodes, port=port, health_timeout=health_timeout,
                   image=image)
@@ -269,6 +274,8 @@ def submit(
         script_args += ["--image", image]
     if api_key_file:
         script_args += ["--api-key-file", api_key_file]
+    if stage_model:
+        script_args.append(f"--stage-model={stage_model}")
     if torch_profile is not None:
         script_args.append(f"--profile={_profile_dir(torch_profile, workspace, bool(ssh))}")
     script_args += ["--", *report.spec.sglang_args]

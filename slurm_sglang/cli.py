@@ -131,6 +131,8 @@ def _view_dict(view: api.JobView) -> dict[str, object]:
         "replicas": view.replicas,
         "endpoint": view.endpoint,
         "failures": view.progress.failures,
+        "staged": {node: {"bytes": copied, "bytes_per_s": rate}
+                   for node, (copied, rate) in view.progress.staged.items()},
         "log_dir": view.record.log_dir,
         "driver_log": view.record.driver_log,
     }
@@ -167,7 +169,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         partition=args.partition or "", name=args.name, image=args.image or "", port=args.port,
         health_timeout=args.health_timeout, workspace=args.workspace or "", ssh=args.ssh or "",
         trust_new_host=args.trust_new_host, env=_job_env(args.env or []),
-        api_key_file=args.api_key_file or "", torch_profile=args.profile)
+        api_key_file=args.api_key_file or "", torch_profile=args.profile,
+        stage_model=args.stage_model or "")
     if not args.json:
         where = f" on {record.host}" if record.host else ""
         print(f"submitted job {record.job_id}{where}; logs in {record.log_dir}", file=sys.stderr)
@@ -208,6 +211,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     for replica in view.replicas:
         text += (f"\n  replica {replica.get('replica')}: {replica.get('state')} "
                  f"{replica.get('url')} nodes {replica.get('nodes')}")
+    if view.progress.staging and view.progress.staging != view.phase:
+        text += f"\n  {view.progress.staging}"
     text += "".join(f"\n  {failure}" for failure in view.progress.failures)
     _emit(args, _view_dict(view), text)
     return 0
@@ -681,6 +686,10 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--health-timeout", type=_positive_int, default=1800,
                         help="seconds to wait for /health (default 1800)")
     submit.add_argument("--workspace", help="shared directory for scripts and logs")
+    submit.add_argument("--stage-model", metavar="DIR",
+                        help="copy the model to DIR/$USER/ on each node's local disk before "
+                             "the ranks start, reading the shared copy once (default: the "
+                             "profile's paths.local_model_dir; none: no staging)")
     submit.add_argument("--api-key-file", metavar="FILE",
                         help="file on shared storage holding the server's API key")
     submit.add_argument("--profile", nargs="?", const="", metavar="DIR",

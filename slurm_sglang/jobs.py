@@ -98,11 +98,33 @@ class JobProgress:
     nodes_started: set[str] = field(default_factory=set)
     nodes_ended: set[str] = field(default_factory=set)
 
+    # Model staging (docs/staging.md): node -> bytes copied there and the rate (0 0: it held a
+    # copy); the broadcast's bytes sent so far, of how many, and its rate.
+    staged: dict[str, tuple[int, int]] = field(default_factory=dict)
+    stage_sent: tuple[int, int, int] = (0, 0, 0)
+    stage_missing: int = 0
+
     @property
     def nodes_not_ended(self) -> list[str]:
         """Nodes that started a rank and have not reported its end."""
         return sorted(self.nodes_started - self.nodes_ended)
     last_time: str = ""
+
+    @property
+    def staging(self) -> str:
+        """The model's staging in one line ('' when the job stages nothing)."""
+        copied = {node: value for node, value in self.staged.items() if value[0]}
+        sent, total, rate = self.stage_sent
+        if total and len(copied) < self.stage_missing:
+            return f"staging the model: {_size(sent)} of {_size(total)} sent, {_size(rate)}/s"
+        if copied:
+            rates = ", ".join(f"{node} {_size(b)} at {_size(r)}/s" for node, (b, r) in
+                              sorted(copied.items()))
+            held = len(self.staged) - len(copied)
+            return f"model staged: {rates}" + (f"; {held} node(s) held a copy" if held else "")
+        if self.staged:
+            return f"model staged: {len(self.staged)} node(s) held a copy, nothing copied"
+        return ""
 
     @property
     def phase(self) -> str:
@@ -114,6 +136,8 @@ class JobProgress:
             if self.ranks_loaded:
                 return f"loading the model ({min(loaded, self.nodes)}/{self.nodes} nodes loaded)"
             return f"ranks started on {self.ranks_started}/{self.nodes} nodes, loading the model"
+        if self.staging:
+            return self.staging
         if self.images_done:
             return f"image on {self.images_done}/{self.nodes} nodes"
         if self.nodes:
@@ -140,6 +164,16 @@ def read_progress(events_text: str) -> JobProgress:
             progress.nodes_started.add(event.node)
         elif event.kind == "loaded":
             progress.ranks_loaded += 1
+        elif event.kind == "stage" and event.fields.get("status") == "present":
+            progress.staged[event.node] = (0, 0)
+        elif event.kind == "stage":
+            progress.stage_missing += 1
+        elif event.kind == "staged":
+            progress.staged[event.node] = (_int(event.fields.get("bytes")),
+                                           _int(event.fields.get("rate")))
+        elif event.kind == "stage-progress":
+            progress.stage_sent = (_int(event.fields.get("bytes")),
+                                   _int(event.fields.get("total")), _int(event.fields.get("rate")))
         elif event.kind == "ready":
             progress.ready_url = event.fields.get("url", "")
         elif event.kind == "preflight-failed":
@@ -153,6 +187,15 @@ def read_progress(events_text: str) -> JobProgress:
             progress.failures.append(
                 f"rank {event.rank} on {event.node} exited with code {event.fields.get('code')}")
     return progress
+
+
+def _int(text: str | None) -> int:
+    return int(text) if text and text.isdigit() else 0
+
+
+def _size(count: int) -> str:
+    """Bytes as GiB or MiB, one decimal."""
+    return f"{count / 2**30:.1f} GiB" if count >= 2**30 else f"{count / 2**20:.1f} MiB"
 
 
 def status_from(queue_state: str | None, state_word: str | None) -> JobStatus:

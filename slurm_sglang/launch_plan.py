@@ -7,6 +7,7 @@ no dataclasses, no `from __future__`, typing's old generics. docs/architecture.m
 """
 
 import functools
+import hashlib
 import json
 import os
 import re
@@ -524,6 +525,39 @@ def model_path(argv: Sequence[str], version: str = LATEST_KNOWN) -> str:
     return kept[1][0] if kept and kept[1] else ""
 
 
+# A hub id as sglang takes it (org/name): neither a path that starts like one nor one that exists.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def is_hub_id(model: str) -> bool:
+    """True for a Hugging Face hub id (org/name) that is no path where the script starts."""
+    return bool(_HUB_ID.match(model)) and not os.path.exists(model)
+
+
+def staged_path(stage_root: str, model: str) -> str:
+    """Where a node keeps its copy of `model` under the user's stage root: the model's last
+    name and a digest of its absolute source (or hub id), so two sources never share a copy."""
+    source = model if is_hub_id(model) else os.path.abspath(model)
+    digest = hashlib.sha256(source.encode("utf-8")).hexdigest()[:12]
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", source.rstrip("/").rsplit("/", 1)[-1]) or "model"
+    return "{}/{}-{}".format(stage_root.rstrip("/"), name, digest)
+
+
+def with_model_path(argv: Sequence[str], path: str, version: str = LATEST_KNOWN
+                    ) -> Tuple[str, ...]:
+    """argv with every --model-path value (any spelling, `=` or not) replaced by path."""
+    out = list(argv)
+    for option in parse_options(argv, version):
+        if option.spec is None or option.spec.dest != MODEL_DEST:
+            continue
+        if option.explicit_value is not None:
+            out[option.position] = option.token[:len(option.token) - len(option.explicit_value)
+                                                 ] + path
+        for index in option.value_indexes:
+            out[index] = path
+    return tuple(out)
+
+
 # Bounds on what a request may ask for (issue 23, item 7): far above any real cluster, low enough
 # that the placement's loops and arithmetic stay instant and exact.
 SIZE_MAX = 65536
@@ -968,6 +1002,7 @@ class LaunchRequest(NamedTuple):
     router_venv: str = ""
     container_cli: str = "docker"
     min_replicas: int = 0
+    stage_root: str = ""
 
 
 class Launch(NamedTuple):
@@ -980,6 +1015,7 @@ class Launch(NamedTuple):
     plan: Plan
     min_replicas: int
     notes: Tuple[str, ...]
+    staged_model: str = ""
 
 
 def launch(request: LaunchRequest) -> Launch:
@@ -997,9 +1033,14 @@ def launch(request: LaunchRequest) -> Launch:
             raise PlanError("--min-replicas {} is more than the {} replicas of --dp {}".format(
                 min_replicas, par.dp, par.dp))
         _check_router_source(request, par)
-    return Launch(rewritten.argv, server_argv(rewritten.argv, placed.router, request.version),
-                  model_path(rewritten.argv, request.version), par, placed,
-                  min_replicas or len(placed.replicas), rewritten.notes)
+    model = model_path(rewritten.argv, request.version)
+    served = server_argv(rewritten.argv, placed.router, request.version)
+    staged = staged_path(request.stage_root, model) if request.stage_root else ""
+    if staged:
+        # The ranks read the node's copy; MODEL_PATH stays the source the script stages from.
+        served = with_model_path(served, staged, request.version)
+    return Launch(rewritten.argv, served, model, par, placed, min_replicas or len(placed.replicas),
+                  rewritten.notes, staged)
 
 
 def _check_router_source(request: LaunchRequest, par: Parallelism) -> None:
@@ -1025,6 +1066,8 @@ def shell_assignments(result: Launch) -> str:
 
     values = [
         ("MODEL_PATH", result.model_path),
+        ("MODEL_HUB_ID", "1" if is_hub_id(result.model_path) else ""),
+        ("STAGE_TARGET", result.staged_model),
         ("REPLICA_MODE", str(int(placed.router))),
         ("REPLICAS", str(len(placed.replicas))),
         ("REPLICA_SPAN", str(len(placed.replicas[0].nodes))),
@@ -1096,6 +1139,7 @@ def main(argv: Sequence[str]) -> int:
             router_venv=_str_option(options, "--router-venv", ""),
             container_cli=_str_option(options, "--container-cli", "docker"),
             min_replicas=_int_option(options, "--min-replicas", 0),
+            stage_root=_str_option(options, "--stage-root", ""),
         )
         if mode == "argv":
             rewritten = rewrite_argv(request.argv, request.version).argv

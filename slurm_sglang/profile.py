@@ -362,10 +362,32 @@ class PathSettings(_Strict):
         "it ends. The file holds addresses and labels, no secret. Empty: only "
         "logs/JOB_ID/prometheus-targets.json, readable by the user alone."))
 
+    local_model_dir: str = Field(default="", description=(
+        "Node-local directory (e.g. /local/nvme/models) where each job stages the model "
+        "before the ranks start, in a subdirectory per user (the script's --stage-model "
+        "default; docs/staging.md). Empty: the ranks read the shared copy."))
+    local_model_limit_gb: float = Field(default=0.0, ge=0, description=(
+        "Above this many GB of a user's staged copies on a node, the least recently used "
+        "are evicted (never one a running job uses); 0: evicted only to make room."))
+    local_model_margin_gb: float = Field(default=2.0, ge=0, description=(
+        "Free space a node keeps beyond the model's size; less fails the pre-flight."))
+    local_model_checksum: bool = Field(default=False, description=(
+        "The manifest also holds each file's sha256 (read from the shared copy once per "
+        "change), checked on every node's copy after the broadcast."))
+
     @field_validator("workspace", "container_mount")
     @classmethod
     def _one_line(cls, value: str) -> str:
         return _no_newlines(value, "this path")
+
+    @field_validator("local_model_dir")
+    @classmethod
+    def _local_model_dir(cls, value: str) -> str:
+        _no_newlines(value, "local_model_dir")
+        if value and not value.startswith("/"):
+            raise ValueError(f"local_model_dir {value!r} must be an absolute path on every "
+                             "node's local disk, e.g. /local/nvme/models")
+        return value
 
     @field_validator("prometheus_targets_dir")
     @classmethod

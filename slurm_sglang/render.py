@@ -36,7 +36,8 @@ MAIN_TEMPLATE = "run.sbatch.j2"
 PACKAGE_DIR = Path(__file__).resolve().parent
 # What the script runs beside itself, in SUPPORT_DIR_NAME/ next to it (docs/architecture.md).
 SUPPORT_DIR_NAME = "slurm-sglang"
-SUPPORT_FILES = ("launch_plan.py", "preflight_nccl.py", "data/sglang_flags_*.json")
+SUPPORT_FILES = ("launch_plan.py", "preflight_nccl.py", "stage_model.py",
+                 "data/sglang_flags_*.json")
 DEFAULT_IMAGE_NAME = "sglang-serve-latest.tar.gz"
 
 # enroot runs through pyxis and apptainer/none start processes directly; podman shares docker's.
@@ -78,6 +79,17 @@ class RenderContext:
     container: ContainerSettings
     fabric: FabricSettings
     router: RouterSettings
+    stage: StageContext
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """Model staging as the script's stage partial takes it (sizes in bytes)."""
+
+    directory: str
+    margin_bytes: int
+    limit_bytes: int
+    checksum: bool
 
 
 def sbatch_directives(profile: ClusterProfile, nodes: int | None = None) -> tuple[str, ...]:
@@ -133,6 +145,12 @@ def build_context(profile: ClusterProfile, nodes: int | None = None) -> RenderCo
         container=profile.container,
         fabric=profile.fabric,
         router=profile.router,
+        stage=StageContext(
+            directory=profile.paths.local_model_dir,
+            margin_bytes=math.ceil(profile.paths.local_model_margin_gb * 2**30),
+            limit_bytes=math.ceil(profile.paths.local_model_limit_gb * 2**30),
+            checksum=profile.paths.local_model_checksum,
+        ),
     )
 
 
