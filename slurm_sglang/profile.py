@@ -79,6 +79,14 @@ def _no_newlines(value: str, what: str) -> str:
     return value
 
 
+def _absolute_path(value: str, what: str, where: str = "", optional: bool = False) -> str:
+    """One line, and absolute (empty too when optional): paths the nodes read as they are."""
+    _no_newlines(value, what)
+    if (value or not optional) and not value.startswith("/"):
+        raise ValueError(f"{what} {value!r} must be an absolute path{' ' if where else ''}{where}")
+    return value
+
+
 def _check_directive(value: str) -> str:
     # Checked one item at a time, so that the error names the item's line in the profile.
     _no_newlines(value, "an extra directive")
@@ -208,18 +216,14 @@ class FabricSettings(_Strict):
     @field_validator("sysfs_root")
     @classmethod
     def _sysfs_root(cls, value: str) -> str:
-        _no_newlines(value, "sysfs_root")
-        if not value.startswith("/"):
-            raise ValueError(f"sysfs_root {value!r} must be an absolute path (/sys on a real node)")
-        return value
+        return _absolute_path(value, "sysfs_root", "(/sys on a real node)")
 
     @field_validator("efa_plugin_path")
     @classmethod
     def _plugin_path(cls, value: str) -> str:
         _no_newlines(value, "efa_plugin_path")
         for part in filter(None, value.split(":")):
-            if not part.startswith("/"):
-                raise ValueError(f"efa_plugin_path entry {part!r} must be an absolute path")
+            _absolute_path(part, "efa_plugin_path entry")
         return value
 
 
@@ -266,18 +270,13 @@ class ContainerSettings(_Strict):
     @field_validator("broadcast_dir")
     @classmethod
     def _broadcast_dir(cls, value: str) -> str:
-        _no_newlines(value, "broadcast_dir")
-        if not value.startswith("/"):
-            raise ValueError(f"broadcast_dir {value!r} must be an absolute path on every node")
-        return value
+        return _absolute_path(value, "broadcast_dir", "on every node")
 
     @field_validator("mounts")
     @classmethod
     def _mounts(cls, mounts: list[str]) -> list[str]:
         for mount in mounts:
-            _no_newlines(mount, "a mount")
-            if not mount.startswith("/"):
-                raise ValueError(f"mount {mount!r} must be an absolute path (SRC[:DST[:OPTIONS]])")
+            _absolute_path(mount, "mount", "(SRC[:DST[:OPTIONS]])")
         return mounts
 
     @model_validator(mode="after")
@@ -383,21 +382,15 @@ class PathSettings(_Strict):
     @field_validator("local_model_dir")
     @classmethod
     def _local_model_dir(cls, value: str) -> str:
-        _no_newlines(value, "local_model_dir")
-        if value and not value.startswith("/"):
-            raise ValueError(f"local_model_dir {value!r} must be an absolute path on every "
-                             "node's local disk, e.g. /local/nvme/models")
-        return value
+        return _absolute_path(value, "local_model_dir",
+                              "on every node's local disk, e.g. /local/nvme/models", optional=True)
 
     @field_validator("prometheus_targets_dir")
     @classmethod
     def _targets_dir(cls, value: str) -> str:
-        _no_newlines(value, "prometheus_targets_dir")
         # The job runs in a directory of SLURM's choosing, and the site's Prometheus in its own.
-        if value and not value.startswith("/"):
-            raise ValueError(f"prometheus_targets_dir {value!r} must be an absolute path that "
-                             "the nodes and the site's Prometheus both see")
-        return value
+        return _absolute_path(value, "prometheus_targets_dir",
+                              "that the nodes and the site's Prometheus both see", optional=True)
 
     @field_validator("logs")
     @classmethod
@@ -441,10 +434,7 @@ class RouterSettings(_Strict):
     @field_validator("venv")
     @classmethod
     def _venv(cls, venv: str) -> str:
-        _no_newlines(venv, "router.venv")
-        if venv and not venv.startswith("/"):
-            raise ValueError(f"router.venv {venv!r} must be an absolute path on shared storage")
-        return venv
+        return _absolute_path(venv, "router.venv", "on shared storage", optional=True)
 
 
 class ClusterProfile(_Strict):
