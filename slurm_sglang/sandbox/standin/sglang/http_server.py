@@ -219,7 +219,10 @@ class HeadHandler(_Handler):
 
     def _answer(self, job: CompletionJob | ChatJob | GenerateJob) -> None:
         if job.stream:
-            self.reply_events(self._counted(job.events(self._pace)))
+            events = job.events(self._pace)
+            if self.service.fault == "truncate":
+                events = _truncated(events, len(job.generations[0].tokens) // 2)
+            self.reply_events(self._counted(events))
         else:
             body = job.response(self._pace)
             self._finished(False)
@@ -254,6 +257,15 @@ class HeadHandler(_Handler):
 
 def _tokens(generations: list[Generation]) -> int:
     return sum(g.prompt_tokens + len(g.tokens) for g in generations)
+
+
+def _truncated(events: Iterator[Body | str], kept: int) -> Iterator[Body | str]:
+    """SGLANG_STANDIN_FAULT=truncate: the first `kept` events (at least one), then the stream
+    ends cleanly at the HTTP level, without its final chunk (finish_reason, usage) or [DONE]."""
+    for number, event in enumerate(events):
+        if number >= max(kept, 1) or event == DONE:
+            return
+        yield event
 
 
 def _no_tokens(request: Body) -> None:

@@ -2,7 +2,8 @@
 
 SGLANG_STANDIN_LOAD_SECONDS (0): model loading time. SGLANG_STANDIN_FIRST_TOKEN_SECONDS (0): the
 delay before a generation's first token (a prefill). SGLANG_STANDIN_FAULT (unset): `no-tokens`
-answers every generation with 0 tokens, `error` answers it with HTTP 500 (benchmark gates).
+answers every generation with 0 tokens, `error` answers it with HTTP 500, `truncate` ends every
+stream after half its tokens, without the final chunk or [DONE] (benchmark gates).
 SGLANG_STANDIN_WARMUP_SECONDS (0.3): the head's warm-up, /health 503.
 SGLANG_STANDIN_TOKEN_SECONDS (0): time per generated token.
 SGLANG_STANDIN_DIST_TIMEOUT (600): --dist-timeout's default. SGLANG_STANDIN_LOAD_BARRIER_SECONDS
@@ -34,7 +35,7 @@ def _seconds(environ: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
-FAULTS = ("", "no-tokens", "error")
+FAULTS = ("", "no-tokens", "error", "truncate")
 
 
 def _fault(environ: Mapping[str, str]) -> str:
