@@ -18,9 +18,11 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from slurm_sglang.errors import UserInputError
+from slurm_sglang.transport.base import Transport, TransportError
+from slurm_sglang.transport.local import LocalTransport
 
 CLIENT_MODULE = "sglang.benchmark.serving"
 BENCH_TYPES = ("throughput", "prefill", "decode", "latency", "concurrency", "sharegpt")
@@ -79,6 +81,12 @@ def _rate_text(rate: float) -> str:
 
 def _or(values: tuple[Any, ...] | None, seed: tuple[Any, ...]) -> tuple[Any, ...]:
     return values if values else seed
+
+
+def _range_ratio(settings: BenchSettings) -> float:
+    # Exact lengths unless told otherwise (sglang's own default, 0, draws them in [1, N]): the
+    # table's sizes are then what ran, and a stream that stopped short is seen as short.
+    return 1.0 if settings.range_ratio is None else settings.range_ratio
 
 
 def _random_dataset(settings: BenchSettings) -> str:
@@ -155,8 +163,7 @@ def client_argv(point: BenchPoint, base_url: str, output_file: str,
     if point.dataset.startswith("random"):
         argv += ["--random-input-len", str(point.input_len),
                  "--random-output-len", str(point.output_len)]
-        if settings.range_ratio is not None:
-            argv += ["--random-range-ratio", f"{settings.range_ratio:g}"]
+        argv += ["--random-range-ratio", f"{_range_ratio(settings):g}"]
     elif point.output_len is not None:
         argv += ["--sharegpt-output-len", str(point.output_len)]
     if point.max_concurrency is not None:
@@ -257,7 +264,21 @@ def judge(run: BenchRun, expected_output_len: int | None = None) -> BenchRun:
     return run
 
 
-Runner = Callable[[Sequence[str], Mapping[str, str]], "subprocess.CompletedProcess[str]"]
+class ClientOutput(Protocol):
+    """What a finished client run left: subprocess's CompletedProcess or a transport's result."""
+
+    @property
+    def returncode(self) -> int: ...
+
+    @property
+    def stdout(self) -> str: ...
+
+    @property
+    def stderr(self) -> str: ...
+
+
+# Runs `python ARGV` with env wherever the client lives (here, or in the job's image).
+Runner = Callable[[Sequence[str], Mapping[str, str]], ClientOutput]
 
 
 def local_runner(python: str, timeout: float | None = None) -> Runner:
@@ -266,6 +287,48 @@ def local_runner(python: str, timeout: float | None = None) -> Runner:
         return subprocess.run([python, *argv], env=dict(env), capture_output=True, text=True,
                               timeout=timeout, check=False)
     return run
+
+
+# Run by the client's python before the benchmark: the client's sglang version and what the
+# server says of itself (/server_info, with the key from the environment as the client sends it).
+_PROBE = """
+import json, os, sys, urllib.request
+try:
+    import sglang
+    client = getattr(sglang, "__version__", "")
+except Exception as error:
+    client = "not importable: %s" % error
+request = urllib.request.Request(sys.argv[1].rstrip("/") + "/server_info")
+key = os.environ.get("OPENAI_API_KEY")
+if key:
+    request.add_header("Authorization", "Bearer " + key)
+try:
+    with urllib.request.urlopen(request, timeout=20) as answer:
+        info = json.load(answer)
+except Exception as error:
+    info = {"error": str(error)}
+print(json.dumps({"client": client, "server_info": info}))
+"""
+
+
+def probe(runner: Runner, url: str, env: Mapping[str, str]) -> dict[str, Any]:
+    """The client's sglang version and the server's /server_info, read where the client runs."""
+    done = runner(["-c", _PROBE, url], env)
+    lines = (done.stdout or "").strip().splitlines()
+    try:
+        found = json.loads(lines[-1]) if lines else {}
+    except json.JSONDecodeError:
+        found = {}
+    if not isinstance(found, dict) or "client" not in found:
+        last = ((done.stderr or "").strip().splitlines() or ["no output"])[-1]
+        raise UserInputError(f"--client: sglang's client python did not start (exit "
+                             f"{done.returncode}): {last}")
+    info = found.get("server_info")
+    info = info if isinstance(info, dict) else {}
+    return {"client_sglang_version": found["client"],
+            "server_sglang_version": info.get("version", ""),
+            "server_model": info.get("served_model_name") or info.get("model_path", ""),
+            "server_info_error": info.get("error", "")}
 
 
 def find_client_python(python: str | None = None) -> str:
@@ -295,10 +358,12 @@ def client_env(api_key: str | None, base: Mapping[str, str] | None = None) -> di
     return env
 
 
-def _read_result(path: Path) -> dict[str, Any]:
-    if not path.is_file():
+def _read_result(files: Transport, path: str) -> dict[str, Any]:
+    try:
+        text = files.read_text(path)
+    except TransportError:
         return {}
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in text.splitlines() if line.strip()]
     if not lines:
         return {}
     loaded = json.loads(lines[-1])
@@ -370,60 +435,75 @@ def _table(runs: Sequence[BenchRun]) -> str:
     return "\n".join(lines)
 
 
-def run_bench(url: str, types: Sequence[str], settings: BenchSettings, out_dir: Path,
+def run_bench(url: str, types: Sequence[str], settings: BenchSettings, out_dir: Path | str,
               runner: Runner, *, api_key: str | None = None,
               served: Mapping[str, Any] | None = None,
-              progress: Callable[[str], None] | None = None) -> BenchReport:
-    """Run every point through sglang's client, judge each, save them under out_dir."""
+              progress: Callable[[str], None] | None = None,
+              files: Transport | None = None) -> BenchReport:
+    """Run every point through sglang's client, judge each, save them under out_dir.
+
+    files is where out_dir is and where the client writes (default: this machine); the
+    client's versions and the server's /server_info join `served` first.
+    """
     if settings.backend not in BACKENDS:
         raise UserInputError(f"--backend: {settings.backend!r} is not one of {', '.join(BACKENDS)}")
-    if settings.dataset_path and not Path(settings.dataset_path).is_file():
+    if settings.dataset_path and files is None and not Path(settings.dataset_path).is_file():
         raise UserInputError(
             f"--dataset-path: {settings.dataset_path} does not exist; fetch {SHAREGPT_FILE} where "
             f"there is internet ({SHAREGPT_URL}) and put it there")
     points = plan_points(types, settings)
+    files = files or LocalTransport()
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    folder = str(out_dir).rstrip("/")
+    files.makedirs(folder)
     env = client_env(api_key)
     report = BenchReport(url.rstrip("/"), dict(served or {}), [], stamp)
+    report.served.update(probe(runner, report.url, env))
     for number, point in enumerate(points, 1):
-        jsonl = out_dir / f"{stamp}-{number:02d}-{point.type}.jsonl"
-        jsonl.unlink(missing_ok=True)
-        argv = client_argv(point, report.url, str(jsonl), settings)
+        jsonl = f"{folder}/{stamp}-{number:02d}-{point.type}.jsonl"
+        argv = client_argv(point, report.url, jsonl, settings)
         if progress:
             progress(f"[{number}/{len(points)}] {point.type}: {point.label}")
         done = runner(argv, env)
-        run = BenchRun(point, argv, done.returncode, _read_result(jsonl),
+        run = BenchRun(point, argv, done.returncode, _read_result(files, jsonl),
                        client_tail=(done.stdout or "")[-4000:] + (done.stderr or "")[-4000:])
-        exact = (point.dataset.startswith("random") and settings.range_ratio == 1.0)
-        report.runs.append(judge(run, point.output_len if exact else None))
-        report.files.append(str(jsonl))
-        log = jsonl.with_suffix(".log")
-        log.write_text(f"$ python {shlex.join(argv)}\n{done.stdout or ''}{done.stderr or ''}")
-    summary = out_dir / f"{stamp}.json"
-    report.files.insert(0, str(summary))
-    summary.write_text(json.dumps(report.to_dict(), indent=2, default=str) + "\n")
+        report.runs.append(judge(run, point.output_len if _exact_lengths(point, settings)
+                                 else None))
+        report.files.append(jsonl)
+        files.write_text(jsonl.removesuffix(".jsonl") + ".log",
+                         f"$ python {shlex.join(argv)}\n{done.stdout or ''}{done.stderr or ''}",
+                         0o600)
+    summary = f"{folder}/{stamp}.json"
+    report.files.insert(0, summary)
+    files.write_text(summary, json.dumps(report.to_dict(), indent=2, default=str) + "\n", 0o600)
     return report
+
+
+def _exact_lengths(point: BenchPoint, settings: BenchSettings) -> bool:
+    """Whether every request asks for exactly point.output_len tokens (the short-stream check)."""
+    if point.dataset.startswith("random"):
+        return _range_ratio(settings) == 1.0
+    return point.output_len is not None  # sharegpt with --output-len
 
 
 def plot_report(report: BenchReport, path: Path, python: str | None = None) -> Path:
     """Draw the report's sweeps into path (PNG), with matplotlib from this python or `python`.
 
-    matplotlib is optional here; the python that runs sglang's client often has it, so the
-    picture is drawn there when this one lacks it.
+    matplotlib is optional here; a local client's python often has it, so the picture is
+    drawn there when this one lacks it (python: that python, its summary on this machine).
     """
-    summary = Path(report.files[0])
     if importlib.util.find_spec("matplotlib") is not None or python is None:
-        return plot_summary(summary, path)
+        return plot_summary(report.to_dict(), path)
     package_root = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": package_root, "MPLBACKEND": "Agg"}
     done = subprocess.run(
-        [python, "-c", "import sys; from slurm_sglang.bench import plot_summary; "
-         "plot_summary(*map(__import__('pathlib').Path, sys.argv[1:]))", str(summary), str(path)],
+        [python, "-c", "import json, pathlib, sys; from slurm_sglang.bench import plot_summary; "
+         "plot_summary(json.loads(pathlib.Path(sys.argv[1]).read_text()), "
+         "pathlib.Path(sys.argv[2]))", report.files[0], str(path)],
         env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise UserInputError(f"--plot: {last}")
+        raise UserInputError(f"--plot: {last.removeprefix('slurm_sglang.errors.UserInputError: ')}")
     return path
 
 
@@ -431,16 +511,17 @@ _AXIS_NAMES = {"concurrency": "max concurrency", "prefill": "input tokens",
                "decode": "output tokens"}
 
 
-def plot_summary(summary: Path, path: Path) -> Path:
-    """Latency and throughput against each swept axis of a saved report, one column per type."""
+def plot_summary(data: Mapping[str, Any], path: Path) -> Path:
+    """Latency and throughput against each swept axis of a report (its JSON form), one column
+    per type."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise UserInputError("--plot: needs matplotlib (pip install matplotlib)") from None
-    data = json.loads(summary.read_text())
+        raise UserInputError("--plot: needs matplotlib, which is not installed here "
+                             "(pip install 'slurm-sglang[plot]')") from None
     runs = [run for run in data["runs"] if run["ok"] and run["x"] is not None]
     swept = [name for name in _AXIS_NAMES if any(run["type"] == name for run in runs)]
     if not swept:
@@ -474,3 +555,59 @@ def plot_summary(summary: Path, path: Path) -> Path:
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
+
+
+# What `bench compare` sets side by side: sglang's result fields, and whether lower is better.
+_COMPARED = (("TTFT p50 ms", "median_ttft_ms", True), ("TTFT p99 ms", "p99_ttft_ms", True),
+             ("ITL p50 ms", "median_itl_ms", True), ("TPOT p50 ms", "median_tpot_ms", True),
+             ("out tok/s", "output_throughput", False), ("req/s", "request_throughput", False))
+
+
+def load_summary(path: Path) -> dict[str, Any]:
+    """A saved report (`<stamp>.json` under logs/<job>/bench/), checked to be one."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserInputError(f"bench compare: {path} does not exist (give two <stamp>.json "
+                             "files from logs/<job>/bench/)") from None
+    except (OSError, json.JSONDecodeError) as error:
+        raise UserInputError(f"bench compare: {path} is not a bench report: {error}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("runs"), list):
+        raise UserInputError(f"bench compare: {path} is not a bench report (no 'runs'; give a "
+                             "<stamp>.json, not a run's .jsonl)")
+    return data
+
+
+def _delta(before: Any, after: Any) -> str:
+    if not isinstance(before, (int, float)) or not isinstance(after, (int, float)):
+        return "-"
+    change = "" if not before else f" ({(after - before) / before * 100:+.1f}%)"
+    return f"{before:.1f} -> {after:.1f}{change}"
+
+
+def compare_summaries(first: Mapping[str, Any], second: Mapping[str, Any]) -> str:
+    """A table of the changes from first to second, run by run (matched on type and label)."""
+    def keyed(data: Mapping[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+        return {(run["type"], run["label"]): run for run in data["runs"]}
+
+    before, after = keyed(first), keyed(second)
+    header = ["run", *(title for title, _, _ in _COMPARED), "valid"]
+    rows = [header]
+    for key in [*before, *(key for key in after if key not in before)]:
+        old, new = before.get(key), after.get(key)
+        if old is None or new is None:
+            rows.append([f"{key[0]} {key[1]}", *(["-"] * len(_COMPARED)),
+                         "only in " + ("second" if old is None else "first")])
+            continue
+        cells = [_delta(old["result"].get(field), new["result"].get(field))
+                 for _, field, _ in _COMPARED]
+        valid = f"{'ok' if old['ok'] else 'FAILED'} -> {'ok' if new['ok'] else 'FAILED'}"
+        rows.append([f"{key[0]} {key[1]}", *cells, valid])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = [f"{first.get('url', '?')} ({first.get('started', '?')}) -> "
+             f"{second.get('url', '?')} ({second.get('started', '?')})"]
+    for row in rows:
+        lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths,
+                                                                          strict=True)).rstrip())
+    lines.append("lower is better for the latencies (ms), higher for tok/s and req/s")
+    return "\n".join(lines)

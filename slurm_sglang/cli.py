@@ -489,8 +489,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import os
 
     from slurm_sglang import api
-    from slurm_sglang.bench import BENCH_TYPES, BenchSettings
+    from slurm_sglang.bench import BENCH_TYPES, BenchSettings, compare_summaries, load_summary
 
+    if args.target == "compare" or args.reports:
+        if args.target != "compare" or len(args.reports) != 2:
+            raise UsageError("bench compare: give two reports, bench compare A.json B.json")
+        print(compare_summaries(*(load_summary(Path(path)) for path in args.reports)))
+        return 0
     types = [name for item in args.type or ["throughput"] for name in item.split(",") if name]
     if "all" in types:
         types = list(BENCH_TYPES)
@@ -506,13 +511,25 @@ def cmd_bench(args: argparse.Namespace) -> int:
         output_dir=Path(args.output_dir) if args.output_dir else None,
         plot=Path(args.plot) if args.plot else None,
         api_key=os.environ.get("SLURM_SGLANG_API_KEY") or None,
-        progress=None if args.json else lambda line: print(line, file=sys.stderr, flush=True))
+        progress=None if args.json else lambda line: print(line, file=sys.stderr, flush=True),
+        client=args.client, client_mounts=args.client_mount or (),
+        client_env=_assignments(args.client_env, "--client-env"))
     text = report.format_table()
     if report.files:
         text += f"\nfiles: {report.files[0]}" + "".join(
             f"\n       {path}" for path in report.files[1:] if path.endswith(".png"))
     _emit(args, report.to_dict(), text)
     return 0 if report.ok else 1
+
+
+def _assignments(items: list[str] | None, name: str) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise UsageError(f"{name}: {item!r} is not NAME=VALUE")
+        found[key] = value
+    return found
 
 
 def _ints(text: str | None, name: str) -> tuple[int, ...] | None:
@@ -745,7 +762,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = verbs.add_parser("bench", help="sglang's serving benchmark against a job or URL")
     bench.add_argument("target", nargs="?", metavar="JOB|URL",
-                       help="job id (default: the newest) or the server's URL")
+                       help="job id (default: the newest) or the server's URL; or `compare A B`")
+    bench.add_argument("reports", nargs="*", metavar="A B", help=argparse.SUPPRESS)
     bench.add_argument("--type", action="append", metavar="T[,T...]",
                        help="throughput (default), prefill, decode, latency, concurrency, "
                             "sharegpt, or all; repeatable")
@@ -768,6 +786,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--python", metavar="PATH",
                        help="a python that imports sglang (default: $SLURM_SGLANG_BENCH_PYTHON, "
                             "else this one)")
+    bench.add_argument("--client", choices=("auto", "local", "job"), default="auto",
+                       help="where sglang's client runs: here, or in the job's image on its "
+                            "head node (auto: here when sglang imports here)")
+    bench.add_argument("--client-mount", action="append", metavar="SRC[:DST]",
+                       help="a mount for the client's container (--client job); repeatable")
+    bench.add_argument("--client-env", action="append", metavar="NAME=VALUE",
+                       help="a variable for the client (--client job; not for secrets)")
     bench.add_argument("--output-dir", metavar="DIR",
                        help="where results go (default: the job's logs/<job>/bench/)")
     bench.add_argument("--plot", metavar="FILE.png",
