@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -489,7 +490,13 @@ def bench(
     settings = settings or BenchSettings()
     if client not in ("auto", "local", "job"):
         raise UserInputError(f"--client: {client!r} is not one of auto, local, job")
-    if target is not None and target.startswith(("http://", "https://")):
+    is_url = target is not None and target.startswith(("http://", "https://"))
+    if plot is not None and importlib.util.find_spec("matplotlib") is None and (
+            client == "job" or (not is_url and _bench_python(python, False) is None)):
+        # Refused before any run: the picture is drawn here, after the benchmark.
+        raise UserInputError("--plot: needs matplotlib, which is not installed here "
+                             "(pip install 'slurm-sglang[plot]')")
+    if target is not None and is_url:
         if client == "job":
             raise UserInputError("--client job: give a job id, not a URL (the client runs in "
                                  "that job's image on its head node)")
@@ -527,7 +534,6 @@ def bench(
 
 def _bench_python(python: str | None, required: bool) -> str | None:
     """The python that runs sglang's client here; None when the job's image should."""
-    import importlib.util
     import os
 
     from slurm_sglang.bench import find_client_python
@@ -564,7 +570,9 @@ def _served(transport: Transport, view: JobView, place: JobPlace) -> dict[str, o
 
     endpoint = view.endpoint or {}
     try:
-        sizes = parse_parallelism(view.record.sglang_args)
+        # The record keeps the script's own options first, up to "--".
+        args = view.record.sglang_args
+        sizes = parse_parallelism(args[args.index("--") + 1:] if "--" in args else args)
         parallel: dict[str, object] = {"tp": sizes.tp, "pp": sizes.pp, "dp": sizes.dp,
                                        "ep": sizes.ep, "dp_attention": sizes.dp_attention}
         replicas = len(view.replicas) or sizes.replicas

@@ -486,8 +486,6 @@ def cmd_smoke(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """sglang's serving benchmark against a job or URL; exit 1 when a run fails the gate."""
-    import os
-
     from slurm_sglang import api
     from slurm_sglang.bench import BENCH_TYPES, BenchSettings, compare_summaries, load_summary
 
@@ -510,7 +508,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         args.target, types, settings, python=args.python,
         output_dir=Path(args.output_dir) if args.output_dir else None,
         plot=Path(args.plot) if args.plot else None,
-        api_key=os.environ.get("SLURM_SGLANG_API_KEY") or None,
+        api_key=_bench_api_key(args.api_key_file),
         progress=None if args.json else lambda line: print(line, file=sys.stderr, flush=True),
         client=args.client, client_mounts=args.client_mount or (),
         client_env=_assignments(args.client_env, "--client-env"))
@@ -520,6 +518,25 @@ def cmd_bench(args: argparse.Namespace) -> int:
             f"\n       {path}" for path in report.files[1:] if path.endswith(".png"))
     _emit(args, report.to_dict(), text)
     return 0 if report.ok else 1
+
+
+def _bench_api_key(path: str | None) -> str | None:
+    """The server's API key: --api-key-file (the user's alone), else $SLURM_SGLANG_API_KEY."""
+    import os
+
+    if not path:
+        return os.environ.get("SLURM_SGLANG_API_KEY") or None
+    try:
+        mode = Path(path).stat().st_mode & 0o777
+        key = Path(path).read_text().strip()
+    except OSError as error:
+        raise UsageError(f"--api-key-file: cannot read {path}: {error.strerror}") from None
+    if mode & 0o077:
+        raise UsageError(f"--api-key-file: {path} is readable by group or others (mode "
+                         f"{mode:o}): chmod 600 {path}")
+    if not key:
+        raise UsageError(f"--api-key-file: {path} is empty")
+    return key
 
 
 def _assignments(items: list[str] | None, name: str) -> dict[str, str]:
@@ -786,6 +803,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--python", metavar="PATH",
                        help="a python that imports sglang (default: $SLURM_SGLANG_BENCH_PYTHON, "
                             "else this one)")
+    bench.add_argument("--api-key-file", metavar="FILE",
+                       help="the server's API key, in a file of yours alone (default: "
+                            "$SLURM_SGLANG_API_KEY)")
     bench.add_argument("--client", choices=("auto", "local", "job"), default="auto",
                        help="where sglang's client runs: here, or in the job's image on its "
                             "head node (auto: here when sglang imports here)")

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 
 from slurm_sglang.profile import ContainerSettings
 
-# The driver's first line names the image it runs (templates' driver: "..., image REF").
-_IMAGE_LINE = re.compile(r"^job \S+: \d+ node\(s\) \[[^\]]*\], profile \S+, image ([^,\s]+)",
-                         re.M)
+# The driver's first line names the image it runs ("slurm-sglang: job J: N node(s) [...],
+# profile P, image REF[, yours: ...]", templates' driver).
+_IMAGE_LINE = re.compile(r"(?:^|: )job \S+: \d+ node\(s\) \[[^\]]*\], profile \S+, "
+                         r"image ([^,\s]+)", re.M)
 
 
 @dataclass(frozen=True)

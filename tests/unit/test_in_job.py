@@ -18,7 +18,8 @@ STEP = ["srun", "--overlap", "--jobid=42", "--nodelist=n1", "--nodes=1", "--ntas
 
 
 def _place(runtime: str, image: str = "img:1", **container: Any) -> JobPlace:
-    return JobPlace("42", "n1", image, ContainerSettings(runtime=runtime, **container), "1000")
+    settings = ContainerSettings.model_validate({"runtime": runtime, **container})
+    return JobPlace("42", "n1", image, settings, "1000")
 
 
 def test_podman_runs_the_image_on_the_host_network_with_env_by_name() -> None:
@@ -61,8 +62,8 @@ def test_image_id_only_where_a_container_cli_keeps_images() -> None:
 
 
 def test_the_image_comes_from_the_drivers_first_line() -> None:
-    log = ("job 42: 2 node(s) [n1 n2], profile sandbox, image localhost/sglang-standin:abc, "
-           "yours: GPUS=0,1\nready: http://x\n")
+    log = ("slurm-sglang: job 42: 2 node(s) [n1 n2], profile sandbox, image "
+           "localhost/sglang-standin:abc, yours: GPUS=0,1\nready: http://x\n")
     assert image_from_driver_log(log) == "localhost/sglang-standin:abc"
     assert image_from_driver_log("job 42: 1 node(s) [n1], profile p, image /i/s.sif\n") == \
         "/i/s.sif"
