@@ -289,30 +289,35 @@ def local_runner(python: str, timeout: float | None = None) -> Runner:
     return run
 
 
-# Run by the client's python before the benchmark: the client's sglang version and what the
-# server says of itself (/server_info, with the key from the environment as the client sends it).
+# Run by the client's python before the benchmark: the client's sglang version, host and python,
+# and what the server says of itself (/server_info, with the key as the client sends it).
 _PROBE = """
-import json, os, sys, urllib.request
+import json, os, socket, sys, urllib.request
 try:
     import sglang
     client = getattr(sglang, "__version__", "")
 except Exception as error:
     client = "not importable: %s" % error
-request = urllib.request.Request(sys.argv[1].rstrip("/") + "/server_info")
 key = os.environ.get("OPENAI_API_KEY")
-if key:
-    request.add_header("Authorization", "Bearer " + key)
-try:
-    with urllib.request.urlopen(request, timeout=20) as answer:
-        info = json.load(answer)
-except Exception as error:
-    info = {"error": str(error)}
-print(json.dumps({"client": client, "server_info": info}))
+# sglang-router 0.3.2 answers the older name only.
+for path in ("/server_info", "/get_server_info"):
+    request = urllib.request.Request(sys.argv[1].rstrip("/") + path)
+    if key:
+        request.add_header("Authorization", "Bearer " + key)
+    try:
+        with urllib.request.urlopen(request, timeout=20) as answer:
+            info = json.load(answer)
+        break
+    except Exception as error:
+        info = {"error": "%s: %s" % (path, error)}
+print(json.dumps({"client": client, "server_info": info, "host": socket.gethostname(),
+                  "python": sys.executable}))
 """
 
 
 def probe(runner: Runner, url: str, env: Mapping[str, str]) -> dict[str, Any]:
-    """The client's sglang version and the server's /server_info, read where the client runs."""
+    """Where the client runs (host, python, sglang version) and what the server says of itself
+    (/server_info), read by the client's own python."""
     done = runner(["-c", _PROBE, url], env)
     lines = (done.stdout or "").strip().splitlines()
     try:
@@ -325,7 +330,8 @@ def probe(runner: Runner, url: str, env: Mapping[str, str]) -> dict[str, Any]:
                              f"{done.returncode}): {last}")
     info = found.get("server_info")
     info = info if isinstance(info, dict) else {}
-    return {"client_sglang_version": found["client"],
+    return {"client_sglang_version": found["client"], "client_host": found.get("host", ""),
+            "client_python": found.get("python", ""),
             "server_sglang_version": info.get("version", ""),
             "server_model": info.get("served_model_name") or info.get("model_path", ""),
             "server_info_error": info.get("error", "")}

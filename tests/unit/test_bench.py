@@ -190,6 +190,7 @@ def test_run_bench_saves_every_run_and_prints_a_table_per_type(tmp_path: Path) -
     assert table.splitlines()[-1] == "bench: ok, 3/3 runs valid against http://h:1"
     saved = json.loads(Path(report.files[0]).read_text())
     assert saved["served"] == {"job": "7", "client_sglang_version": "0.5.23",
+                               "client_host": "", "client_python": "",
                                "server_sglang_version": "0.5.23", "server_model": "",
                                "server_info_error": ""} and saved["ok"]
     assert client.probes == 1

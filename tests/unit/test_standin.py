@@ -615,3 +615,15 @@ def test_faults_are_refused_unless_known() -> None:
     assert StandinSettings.from_environ({"SGLANG_STANDIN_FAULT": "truncate"}).fault == "truncate"
     with pytest.raises(ValueError, match="SGLANG_STANDIN_FAULT must be one of"):
         StandinSettings.from_environ({"SGLANG_STANDIN_FAULT": "slow"})
+
+
+def test_fault_every_nth_request_only(cluster: Cluster) -> None:
+    cluster.start(0, ["--model-path", MODEL, "--port", str(cluster.http_port)],
+                  SGLANG_STANDIN_FAULT="error", SGLANG_STANDIN_FAULT_EVERY="3")  # fmt: skip
+    cluster.wait_ready()
+    statuses = [http(cluster.url("/generate"), {"text": f"r{i}"})[0] for i in range(7)]
+    assert statuses == [200, 200, 500, 200, 200, 500, 200]
+    from slurm_sglang.sandbox.standin.sglang.settings import StandinSettings
+
+    with pytest.raises(ValueError, match="SGLANG_STANDIN_FAULT_EVERY must be a whole number"):
+        StandinSettings.from_environ({"SGLANG_STANDIN_FAULT_EVERY": "0"})
