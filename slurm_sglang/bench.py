@@ -364,7 +364,10 @@ def client_env(api_key: str | None, base: Mapping[str, str] | None = None) -> di
     return env
 
 
-def _read_result(files: Transport, path: str) -> dict[str, Any]:
+def _read_result(files: Transport, path: str, secret: str | None) -> dict[str, Any]:
+    """The client's result (its JSONL's last line), with the API key scrubbed from the file:
+    sglang's client stores the server's /server_info there, whose launch command and
+    arguments can hold the key."""
     try:
         text = files.read_text(path)
     except TransportError:
@@ -372,8 +375,25 @@ def _read_result(files: Transport, path: str) -> dict[str, Any]:
     lines = [line for line in text.splitlines() if line.strip()]
     if not lines:
         return {}
-    loaded = json.loads(lines[-1])
-    return loaded if isinstance(loaded, dict) else {}
+    loaded = [_scrub_json(json.loads(line), secret) for line in lines]
+    if secret and secret in text:
+        files.write_text(path, "".join(json.dumps(item) + "\n" for item in loaded), 0o600)
+    return loaded[-1] if isinstance(loaded[-1], dict) else {}
+
+
+def _scrub(text: str, secret: str | None) -> str:
+    return text.replace(secret, "<redacted>") if secret else text
+
+
+def _scrub_json(value: Any, secret: str | None) -> Any:
+    """value with the secret replaced inside every string (never in the JSON's syntax)."""
+    if isinstance(value, str):
+        return _scrub(value, secret)
+    if isinstance(value, list):
+        return [_scrub_json(item, secret) for item in value]
+    if isinstance(value, dict):
+        return {key: _scrub_json(item, secret) for key, item in value.items()}
+    return value
 
 
 @dataclass
@@ -471,16 +491,17 @@ def run_bench(url: str, types: Sequence[str], settings: BenchSettings, out_dir: 
         if progress:
             progress(f"[{number}/{len(points)}] {point.type}: {point.label}")
         done = runner(argv, env)
-        run = BenchRun(point, argv, done.returncode, _read_result(files, jsonl),
-                       client_tail=(done.stdout or "")[-4000:] + (done.stderr or "")[-4000:])
+        output = _scrub((done.stdout or "")[-4000:] + (done.stderr or "")[-4000:], api_key)
+        run = BenchRun(point, argv, done.returncode, _read_result(files, jsonl, api_key),
+                       client_tail=output)
         report.runs.append(judge(run, point.output_len if _exact_lengths(point, settings)
                                  else None))
         report.files.append(jsonl)
-        files.write_text(jsonl.removesuffix(".jsonl") + ".log",
-                         f"$ python {shlex.join(argv)}\n{done.stdout or ''}{done.stderr or ''}",
-                         0o600)
+        files.write_text(jsonl.removesuffix(".jsonl") + ".log", _scrub(
+            f"$ python {shlex.join(argv)}\n{done.stdout or ''}{done.stderr or ''}", api_key), 0o600)
     summary = f"{folder}/{stamp}.json"
     report.files.insert(0, summary)
+    # Built from scrubbed parts: the client's result and output lost the key when read.
     files.write_text(summary, json.dumps(report.to_dict(), indent=2, default=str) + "\n", 0o600)
     return report
 

@@ -324,3 +324,29 @@ def test_plot_draws_latency_and_throughput_against_the_sweep(tmp_path: Path) -> 
         for c in (1, 4, 16)]}
     path = plot_summary(data, tmp_path / "p.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+class LeakyServerClient(FakeClient):
+    """sglang's client stores the server's /server_info in its JSONL: here it holds the key."""
+
+    def __call__(self, argv: Sequence[str], env: Mapping[str, str]) -> Any:
+        done = super().__call__(argv, env)
+        if argv[0] != "-c":
+            path = Path(argv[argv.index("--output-file") + 1])
+            result = json.loads(path.read_text())
+            result["server_info"] = {"launch_command": "launch_server --api-key sekret"}
+            path.write_text(json.dumps(result) + "\n")
+            done.stdout = "server args: --api-key sekret\n"
+        return done
+
+
+def test_the_api_key_is_scrubbed_from_every_saved_file_and_the_report(tmp_path: Path) -> None:
+    report = run_bench("http://h", ["throughput"], BenchSettings(num_prompts=2, output_lens=(4,)),
+                       tmp_path, LeakyServerClient(), api_key="sekret")
+    assert report.ok
+    assert "sekret" not in json.dumps(report.to_dict())
+    saved = sorted(tmp_path.iterdir())
+    assert len(saved) == 3
+    for path in saved:
+        assert "sekret" not in path.read_text() and path.stat().st_mode & 0o077 == 0, path
+    assert "<redacted>" in (tmp_path / Path(report.files[1]).name).read_text()
