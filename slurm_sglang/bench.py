@@ -519,68 +519,22 @@ def plot_report(report: BenchReport, path: Path, python: str | None = None) -> P
     matplotlib is optional here; a local client's python often has it, so the picture is
     drawn there when this one lacks it (python: that python, its summary on this machine).
     """
+    from slurm_sglang.bench_plot import plot_summary
+
     if importlib.util.find_spec("matplotlib") is not None or python is None:
         return plot_summary(report.to_dict(), path)
     package_root = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": package_root, "MPLBACKEND": "Agg"}
+    # bench_plot needs the standard library and matplotlib only, which that python has.
     done = subprocess.run(
-        [python, "-c", "import json, pathlib, sys; from slurm_sglang.bench import plot_summary; "
+        [python, "-c", "import json, pathlib, sys; from slurm_sglang.bench_plot import "
+         "plot_summary; "
          "plot_summary(json.loads(pathlib.Path(sys.argv[1]).read_text()), "
          "pathlib.Path(sys.argv[2]))", report.files[0], str(path)],
         env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise UserInputError(f"--plot: {last.removeprefix('slurm_sglang.errors.UserInputError: ')}")
-    return path
-
-
-_AXIS_NAMES = {"concurrency": "max concurrency", "prefill": "input tokens",
-               "decode": "output tokens"}
-
-
-def plot_summary(data: Mapping[str, Any], path: Path) -> Path:
-    """Latency and throughput against each swept axis of a report (its JSON form), one column
-    per type."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise UserInputError("--plot: needs matplotlib, which is not installed here "
-                             "(pip install 'slurm-sglang[plot]')") from None
-    runs = [run for run in data["runs"] if run["ok"] and run["x"] is not None]
-    swept = [name for name in _AXIS_NAMES if any(run["type"] == name for run in runs)]
-    if not swept:
-        raise UserInputError("--plot: no valid run of concurrency, prefill or decode to draw")
-    figure, axes = plt.subplots(2, len(swept), figsize=(5.5 * len(swept), 7), squeeze=False)
-    for column, name in enumerate(swept):
-        points = sorted((run for run in runs if run["type"] == name), key=lambda run: run["x"])
-        xs = [run["x"] for run in points]
-        top, bottom = axes[0][column], axes[1][column]
-        for key, style in (("median_ttft_ms", "o-"), ("p99_ttft_ms", "o--"),
-                           ("median_itl_ms", "s-"), ("median_e2e_latency_ms", "^-")):
-            top.plot(xs, [run["result"].get(key) for run in points], style,
-                     label=key.removesuffix("_ms"))
-        top.set_ylabel("ms")
-        top.set_title(f"{name}: latency")
-        top.legend(fontsize=8)
-        for key, style in (("output_throughput", "o-"), ("total_throughput", "s--")):
-            bottom.plot(xs, [run["result"].get(key) for run in points], style, label=key)
-        bottom.set_ylabel("tokens/s")
-        bottom.set_xlabel(_AXIS_NAMES[name])
-        bottom.set_title(f"{name}: throughput")
-        bottom.legend(fontsize=8)
-        for axis in (top, bottom):
-            # Sweeps grow by factors (1, 4, 16...): a log axis spaces them evenly.
-            if len(xs) > 2 and max(xs) / max(min(xs), 1) >= 16:
-                axis.set_xscale("log", base=2)
-            axis.grid(True, alpha=0.3)
-    figure.suptitle(f"sglang serving benchmark, {data['url']} ({data['started']})", fontsize=9)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
     return path
 
 
@@ -622,14 +576,15 @@ def compare_summaries(first: Mapping[str, Any], second: Mapping[str, Any]) -> st
     rows = [header]
     for key in [*before, *(key for key in after if key not in before)]:
         old, new = before.get(key), after.get(key)
+        name = key[1] if key[1].startswith(key[0]) else f"{key[0]}: {key[1]}"
         if old is None or new is None:
-            rows.append([f"{key[0]} {key[1]}", *(["-"] * len(_COMPARED)),
+            rows.append([name, *(["-"] * len(_COMPARED)),
                          "only in " + ("second" if old is None else "first")])
             continue
         cells = [_delta(old["result"].get(field), new["result"].get(field))
                  for _, field, _ in _COMPARED]
         valid = f"{'ok' if old['ok'] else 'FAILED'} -> {'ok' if new['ok'] else 'FAILED'}"
-        rows.append([f"{key[0]} {key[1]}", *cells, valid])
+        rows.append([name, *cells, valid])
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = [f"{first.get('url', '?')} ({first.get('started', '?')}) -> "
              f"{second.get('url', '?')} ({second.get('started', '?')})"]

@@ -20,9 +20,9 @@ from slurm_sglang.bench import (
     compare_summaries,
     judge,
     plan_points,
-    plot_summary,
     run_bench,
 )
+from slurm_sglang.bench_plot import plot_summary
 from slurm_sglang.cli import main
 from slurm_sglang.errors import UserInputError
 
@@ -274,10 +274,10 @@ def test_compare_prints_the_deltas_run_by_run() -> None:
     assert lines[0] == "http://a (T) -> http://b (T)"
     assert lines[1].split()[:3] == ["run", "TTFT", "p50"]
     row = lines[2]
-    assert row.startswith("concurrency concurrency 4")
+    assert row.startswith("concurrency 4 ")
     assert "20.0 -> 25.0 (+25.0%)" in row and "1000.0 -> 800.0 (-20.0%)" in row
     assert row.endswith("ok -> FAILED")
-    assert lines[3].startswith("throughput in 8 out 4 rate inf") and lines[3].endswith(
+    assert lines[3].startswith("throughput: in 8 out 4 rate inf") and lines[3].endswith(
         "only in first")
 
 
@@ -350,3 +350,16 @@ def test_the_api_key_is_scrubbed_from_every_saved_file_and_the_report(tmp_path: 
     for path in saved:
         assert "sekret" not in path.read_text() and path.stat().st_mode & 0o077 == 0, path
     assert "<redacted>" in (tmp_path / Path(report.files[1]).name).read_text()
+
+
+def test_the_plot_module_needs_only_what_the_clients_python_has() -> None:
+    # Where this python lacks matplotlib, the client's python draws: it has none of the CLI's
+    # own dependencies.
+    import subprocess
+    import sys
+
+    code = ("import sys, slurm_sglang.bench_plot; print(sorted({m.split('.')[0] for m in "
+            "sys.modules} & {'paramiko', 'pydantic', 'jinja2', 'yaml', 'submitit'}))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, cwd=Path(__file__).resolve().parents[2])
+    assert done.stdout.strip() == "[]"
