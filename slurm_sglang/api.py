@@ -559,8 +559,10 @@ def _job_place(transport: Transport, view: JobView) -> JobPlace:
     log = _read_optional(transport, view.record.driver_log) if view.record.driver_log else None
     profile = load_profile(view.record.cluster)
     uid = transport.run(["id", "-u"], check=False).stdout.strip()
-    return JobPlace(view.record.job_id, str(endpoint.get("head", "")),
-                    image_from_driver_log(log or ""), profile.container, uid)
+    # endpoint.json does not name the image (yet): the driver's first line does.
+    image = str(endpoint.get("image") or image_from_driver_log(log or ""))
+    return JobPlace(view.record.job_id, str(endpoint.get("head", "")), image, profile.container,
+                    uid)
 
 
 def _served(transport: Transport, view: JobView, place: JobPlace) -> dict[str, object]:
