@@ -479,8 +479,8 @@ def bench(
     "job" in the job's image on its head node inside its allocation (srun --overlap, over SSH
     for a remote job; client_mounts and client_env go into that container), "auto" here when
     sglang is importable here (or python is given), else in the job. Files go to output_dir,
-    else the job's logs/<job>/bench/ where the client ran (./bench-results/<job> for a local
-    client of a remote job; ./bench-results for a URL). The report says, per run, whether the
+    else the job's logs/<job>/bench/ (a local client of a remote job writes ./bench-results/<job>
+    and copies them there; ./bench-results for a URL). The report says, per run, whether the
     validity gate passed.
     """
     from slurm_sglang.bench import BenchSettings, find_client_python, plot_report, run_bench
@@ -611,8 +611,19 @@ def _bench_job_here(transport: Transport, view: JobView, types: Sequence[str],
     with open_tunnel(transport, head, int(str(endpoint["port"]))) as forward:
         served["tunnel"] = forward.url
         folder = output_dir or Path("bench-results") / view.record.job_id
-        return run_bench(forward.url, types, settings, folder, runner, api_key=api_key,
-                         served=served, progress=progress)
+        report = run_bench(forward.url, types, settings, folder, runner, api_key=api_key,
+                           served=served, progress=progress)
+    # A copy beside the job's logs on the cluster, where its other runs are kept.
+    remote = f"{view.record.log_dir}/bench"
+    transport.makedirs(remote)
+    for path in list(report.files):
+        copy = f"{remote}/{Path(path).name}"
+        transport.write_text(copy, Path(path).read_text(), 0o600)
+        report.files.append(copy)
+        log = Path(path).with_suffix(".log")
+        if log.is_file():  # the client's output beside each run's JSONL
+            transport.write_text(f"{remote}/{log.name}", log.read_text(), 0o600)
+    return report
 
 
 # What reaches the client in the job's image from this side's environment (by name only).

@@ -178,12 +178,15 @@ def laptop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, SSH
 
 
 def _laptop_cli(home: Path, *argv: str, key: str = "") -> subprocess.CompletedProcess[str]:
+    """The CLI as the user runs it on their laptop: its own HOME, state, and cwd (HOME)."""
     env = {name: value for name, value in os.environ.items()
            if name not in ("SSH_AUTH_SOCK", "SLURM_SGLANG_API_KEY")}
-    env.update(HOME=str(home), SLURM_SGLANG_STATE_DIR=str(home / "state"), **PACE)
+    # Run from HOME (bench-results/ lands there), with this checkout's package first.
+    env.update(HOME=str(home), SLURM_SGLANG_STATE_DIR=str(home / "state"),
+               PYTHONPATH=str(Path(__file__).resolve().parents[2]), **PACE)
     if key:
         env["SLURM_SGLANG_API_KEY"] = key
-    return subprocess.run([sys.executable, "-m", "slurm_sglang", *argv], env=env,
+    return subprocess.run([sys.executable, "-m", "slurm_sglang", *argv], env=env, cwd=home,
                           capture_output=True, text=True, timeout=300)
 
 
@@ -207,7 +210,16 @@ def test_bench_a_remote_job_in_its_image_and_through_the_tunnel(
                                  "--json", *client_in_image_options(), key=API_KEY)
             tunnelled = _laptop_cli(home, "bench", job, *SIZES, "--tokenizer", str(model),
                                     "--client", "local", "--python", str(BENCH_PYTHON),
-                                    "--output-dir", str(home / "bench"), "--json", key=API_KEY)
+                                    "--json", key=API_KEY)
+            through = report_of(tunnelled)
+            # Here under ./bench-results/<job>/, and a copy beside the job's logs over SSH.
+            here = [Path(path) for path in through["files"] if not path.startswith("/")]
+            there = [Path(path) for path in through["files"] if path.startswith("/")]
+            assert [path.parent for path in here] == [Path("bench-results") / job] * 2
+            assert [path.name for path in there] == [path.name for path in here]
+            assert all(path.parent == workspace / "logs" / job / "bench" and path.is_file()
+                       for path in there)
+            assert (there[1].with_suffix(".log")).is_file()
         finally:
             if job:
                 subprocess.run(["scancel", job], check=False)
@@ -221,9 +233,7 @@ def test_bench_a_remote_job_in_its_image_and_through_the_tunnel(
     assert report["files"][0].startswith(f"{workspace}/logs/{job}/bench/")
 
     assert tunnelled.returncode == 0, tunnelled.stdout + tunnelled.stderr
-    through = report_of(tunnelled)
     assert_every_request_counted(through, ["in 32 out 16 rate inf"])
     assert through["url"].startswith("http://127.0.0.1:")
     assert through["served"]["tunnel"] == through["url"]
     assert through["served"]["client_python"] == str(BENCH_PYTHON)
-    assert through["files"][0].startswith(str(home / "bench"))
