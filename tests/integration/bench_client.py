@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from serving import tiny_model
+
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "slurm-sglang"
 BENCH_PYTHON = CACHE / "sglang-0.5.23-bench" / "bin" / "python"
 PARSER_VENV = CACHE / "sglang-0.5.23-parser"
@@ -28,12 +30,11 @@ SIZES = ("--num-prompts", str(PROMPTS), "--input-len", str(INPUT_LEN), "--output
 
 
 def model_dir(root: Path) -> Path:
-    """root/models/bench-tiny: a config and the offline tokenizer sglang's client loads."""
-    model = root / "models" / "bench-tiny"
+    """root/models/bench-tiny: a stand-in model with the offline tokenizer sglang's client loads."""
+    model = tiny_model(root / "models" / "bench-tiny")
     if not (model / "tokenizer.json").is_file():
         subprocess.run([str(BENCH_PYTHON), str(TOKENIZER_SCRIPT), str(model)], check=True,
                        capture_output=True)
-    (model / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
     return model
 
 
