@@ -293,9 +293,13 @@ def local_runner(python: str, timeout: float | None = None) -> Runner:
 # and what the server says of itself (/server_info, with the key as the client sends it).
 _PROBE = """
 import json, os, socket, sys, urllib.request
+import importlib.util
 try:
     import sglang
     client = getattr(sglang, "__version__", "")
+    # An image may hold an sglang without the client (a server-only build, the stand-in).
+    if importlib.util.find_spec("sglang.benchmark.serving") is None:
+        client = "not importable: No module named 'sglang.benchmark.serving'"
 except Exception as error:
     client = "not importable: %s" % error
 key = os.environ.get("OPENAI_API_KEY")
@@ -328,6 +332,12 @@ def probe(runner: Runner, url: str, env: Mapping[str, str]) -> dict[str, Any]:
         last = ((done.stderr or "").strip().splitlines() or ["no output"])[-1]
         raise UserInputError(f"--client: sglang's client python did not start (exit "
                              f"{done.returncode}): {last}")
+    if str(found["client"]).startswith("not importable"):
+        where = f"{found.get('python') or 'python'} on {found.get('host') or '?'}"
+        raise UserInputError(
+            f"--client: sglang is {found['client']} ({where}); use an image with sglang, mount "
+            "an environment that has it (--client-mount, --client-env PYTHONPATH=...), or run "
+            "the client here (--client local --python PATH)")
     info = found.get("server_info")
     info = info if isinstance(info, dict) else {}
     return {"client_sglang_version": found["client"], "client_host": found.get("host", ""),

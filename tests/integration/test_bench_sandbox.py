@@ -85,6 +85,9 @@ def test_bench_in_the_jobs_image_on_its_head_node_with_the_api_key(
             without_key = cli(["bench", job, *SIZES, "--tokenizer", str(model), "--json",
                                *client_in_image_options()],
                               {**env, "SLURM_SGLANG_API_KEY": ""})
+            # The stand-in image's sglang is the stand-in, without the client: one line, before
+            # any run.
+            bare = cli(["bench", job, *SIZES, "--tokenizer", str(model), "--client", "job"], env)
         finally:
             if job:
                 cli(["cancel", job], env)
@@ -108,6 +111,12 @@ def test_bench_in_the_jobs_image_on_its_head_node_with_the_api_key(
         assert all(Path(path).parent == bench_dir for path in report["files"])
         assert len(list(bench_dir.glob("*.jsonl"))) == 3
         _saved_files_hold_no_key(report)
+        assert bare.returncode == 2 and bare.stderr.count("\n") == 1, bare.stderr
+        assert bare.stderr.startswith(
+            "slurm-sglang: error: --client: sglang is not importable: No module named "
+            "'sglang.benchmark' (/usr/bin/python3 on ")
+        # 3 runs with the key, 1 without it, none for the bare image.
+        assert len(list(bench_dir.glob("*.log"))) == 4
         # Without the key the server refuses every request: no run can pass.
         refused = report_of(without_key)
         assert without_key.returncode == 1 and not refused["ok"]

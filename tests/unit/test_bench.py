@@ -363,3 +363,18 @@ def test_the_plot_module_needs_only_what_the_clients_python_has() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True, cwd=Path(__file__).resolve().parents[2])
     assert done.stdout.strip() == "[]"
+
+
+def test_a_client_python_without_sglang_is_one_line_before_any_run(tmp_path: Path) -> None:
+    import subprocess
+
+    def no_sglang(argv: Sequence[str], env: Mapping[str, str]) -> Any:
+        probed = {"client": "not importable: No module named 'sglang'", "server_info": {},
+                  "host": "n1", "python": "/usr/bin/python3"}
+        assert argv[0] == "-c", "a benchmark run started"
+        return subprocess.CompletedProcess(argv, 0, json.dumps(probed) + "\n", "")
+
+    with pytest.raises(UserInputError) as refused:
+        run_bench("http://h", ["throughput"], BenchSettings(), tmp_path, no_sglang)
+    assert str(refused.value).startswith(
+        "--client: sglang is not importable: No module named 'sglang' (/usr/bin/python3 on n1); ")
