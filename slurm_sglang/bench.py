@@ -18,9 +18,11 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from slurm_sglang.errors import UserInputError
+from slurm_sglang.transport.base import Transport, TransportError
+from slurm_sglang.transport.local import LocalTransport
 
 CLIENT_MODULE = "sglang.benchmark.serving"
 BENCH_TYPES = ("throughput", "prefill", "decode", "latency", "concurrency", "sharegpt")
@@ -79,6 +81,12 @@ def _rate_text(rate: float) -> str:
 
 def _or(values: tuple[Any, ...] | None, seed: tuple[Any, ...]) -> tuple[Any, ...]:
     return values if values else seed
+
+
+def _range_ratio(settings: BenchSettings) -> float:
+    # Exact lengths unless told otherwise (sglang's own default, 0, draws them in [1, N]): the
+    # table's sizes are then what ran, and a stream that stopped short is seen as short.
+    return 1.0 if settings.range_ratio is None else settings.range_ratio
 
 
 def _random_dataset(settings: BenchSettings) -> str:
@@ -155,8 +163,7 @@ def client_argv(point: BenchPoint, base_url: str, output_file: str,
     if point.dataset.startswith("random"):
         argv += ["--random-input-len", str(point.input_len),
                  "--random-output-len", str(point.output_len)]
-        if settings.range_ratio is not None:
-            argv += ["--random-range-ratio", f"{settings.range_ratio:g}"]
+        argv += ["--random-range-ratio", f"{_range_ratio(settings):g}"]
     elif point.output_len is not None:
         argv += ["--sharegpt-output-len", str(point.output_len)]
     if point.max_concurrency is not None:
@@ -257,7 +264,21 @@ def judge(run: BenchRun, expected_output_len: int | None = None) -> BenchRun:
     return run
 
 
-Runner = Callable[[Sequence[str], Mapping[str, str]], "subprocess.CompletedProcess[str]"]
+class ClientOutput(Protocol):
+    """What a finished client run left: subprocess's CompletedProcess or a transport's result."""
+
+    @property
+    def returncode(self) -> int: ...
+
+    @property
+    def stdout(self) -> str: ...
+
+    @property
+    def stderr(self) -> str: ...
+
+
+# Runs `python ARGV` with env wherever the client lives (here, or in the job's image).
+Runner = Callable[[Sequence[str], Mapping[str, str]], ClientOutput]
 
 
 def local_runner(python: str, timeout: float | None = None) -> Runner:
@@ -266,6 +287,64 @@ def local_runner(python: str, timeout: float | None = None) -> Runner:
         return subprocess.run([python, *argv], env=dict(env), capture_output=True, text=True,
                               timeout=timeout, check=False)
     return run
+
+
+# Run by the client's python before the benchmark: the client's sglang version, host and python,
+# and what the server says of itself (/server_info, with the key as the client sends it).
+_PROBE = """
+import json, os, socket, sys, urllib.request
+import importlib.util
+try:
+    import sglang
+    client = getattr(sglang, "__version__", "")
+    # An image may hold an sglang without the client (a server-only build, the stand-in).
+    if importlib.util.find_spec("sglang.benchmark.serving") is None:
+        client = "not importable: No module named 'sglang.benchmark.serving'"
+except Exception as error:
+    client = "not importable: %s" % error
+key = os.environ.get("OPENAI_API_KEY")
+# sglang-router 0.3.2 answers the older name only.
+for path in ("/server_info", "/get_server_info"):
+    request = urllib.request.Request(sys.argv[1].rstrip("/") + path)
+    if key:
+        request.add_header("Authorization", "Bearer " + key)
+    try:
+        with urllib.request.urlopen(request, timeout=20) as answer:
+            info = json.load(answer)
+        break
+    except Exception as error:
+        info = {"error": "%s: %s" % (path, error)}
+print(json.dumps({"client": client, "server_info": info, "host": socket.gethostname(),
+                  "python": sys.executable}))
+"""
+
+
+def probe(runner: Runner, url: str, env: Mapping[str, str]) -> dict[str, Any]:
+    """Where the client runs (host, python, sglang version) and what the server says of itself
+    (/server_info), read by the client's own python."""
+    done = runner(["-c", _PROBE, url], env)
+    lines = (done.stdout or "").strip().splitlines()
+    try:
+        found = json.loads(lines[-1]) if lines else {}
+    except json.JSONDecodeError:
+        found = {}
+    if not isinstance(found, dict) or "client" not in found:
+        last = ((done.stderr or "").strip().splitlines() or ["no output"])[-1]
+        raise UserInputError(f"--client: sglang's client python did not start (exit "
+                             f"{done.returncode}): {last}")
+    if str(found["client"]).startswith("not importable"):
+        where = f"{found.get('python') or 'python'} on {found.get('host') or '?'}"
+        raise UserInputError(
+            f"--client: sglang is {found['client']} ({where}); use an image with sglang, mount "
+            "an environment that has it (--client-mount, --client-env PYTHONPATH=...), or run "
+            "the client here (--client local --python PATH)")
+    info = found.get("server_info")
+    info = info if isinstance(info, dict) else {}
+    return {"client_sglang_version": found["client"], "client_host": found.get("host", ""),
+            "client_python": found.get("python", ""),
+            "server_sglang_version": info.get("version", ""),
+            "server_model": info.get("served_model_name") or info.get("model_path", ""),
+            "server_info_error": info.get("error", "")}
 
 
 def find_client_python(python: str | None = None) -> str:
@@ -295,14 +374,36 @@ def client_env(api_key: str | None, base: Mapping[str, str] | None = None) -> di
     return env
 
 
-def _read_result(path: Path) -> dict[str, Any]:
-    if not path.is_file():
+def _read_result(files: Transport, path: str, secret: str | None) -> dict[str, Any]:
+    """The client's result (its JSONL's last line), with the API key scrubbed from the file:
+    sglang's client stores the server's /server_info there, whose launch command and
+    arguments can hold the key."""
+    try:
+        text = files.read_text(path)
+    except TransportError:
         return {}
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in text.splitlines() if line.strip()]
     if not lines:
         return {}
-    loaded = json.loads(lines[-1])
-    return loaded if isinstance(loaded, dict) else {}
+    loaded = [_scrub_json(json.loads(line), secret) for line in lines]
+    if secret and secret in text:
+        files.write_text(path, "".join(json.dumps(item) + "\n" for item in loaded), 0o600)
+    return loaded[-1] if isinstance(loaded[-1], dict) else {}
+
+
+def _scrub(text: str, secret: str | None) -> str:
+    return text.replace(secret, "<redacted>") if secret else text
+
+
+def _scrub_json(value: Any, secret: str | None) -> Any:
+    """value with the secret replaced inside every string (never in the JSON's syntax)."""
+    if isinstance(value, str):
+        return _scrub(value, secret)
+    if isinstance(value, list):
+        return [_scrub_json(item, secret) for item in value]
+    if isinstance(value, dict):
+        return {key: _scrub_json(item, secret) for key, item in value.items()}
+    return value
 
 
 @dataclass
@@ -370,107 +471,135 @@ def _table(runs: Sequence[BenchRun]) -> str:
     return "\n".join(lines)
 
 
-def run_bench(url: str, types: Sequence[str], settings: BenchSettings, out_dir: Path,
+def run_bench(url: str, types: Sequence[str], settings: BenchSettings, out_dir: Path | str,
               runner: Runner, *, api_key: str | None = None,
               served: Mapping[str, Any] | None = None,
-              progress: Callable[[str], None] | None = None) -> BenchReport:
-    """Run every point through sglang's client, judge each, save them under out_dir."""
+              progress: Callable[[str], None] | None = None,
+              files: Transport | None = None) -> BenchReport:
+    """Run every point through sglang's client, judge each, save them under out_dir.
+
+    files is where out_dir is and where the client writes (default: this machine); the
+    client's versions and the server's /server_info join `served` first.
+    """
     if settings.backend not in BACKENDS:
         raise UserInputError(f"--backend: {settings.backend!r} is not one of {', '.join(BACKENDS)}")
-    if settings.dataset_path and not Path(settings.dataset_path).is_file():
+    if settings.dataset_path and files is None and not Path(settings.dataset_path).is_file():
         raise UserInputError(
             f"--dataset-path: {settings.dataset_path} does not exist; fetch {SHAREGPT_FILE} where "
             f"there is internet ({SHAREGPT_URL}) and put it there")
     points = plan_points(types, settings)
+    files = files or LocalTransport()
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    folder = str(out_dir).rstrip("/")
+    files.makedirs(folder)
     env = client_env(api_key)
     report = BenchReport(url.rstrip("/"), dict(served or {}), [], stamp)
+    report.served.update(probe(runner, report.url, env))
     for number, point in enumerate(points, 1):
-        jsonl = out_dir / f"{stamp}-{number:02d}-{point.type}.jsonl"
-        jsonl.unlink(missing_ok=True)
-        argv = client_argv(point, report.url, str(jsonl), settings)
+        jsonl = f"{folder}/{stamp}-{number:02d}-{point.type}.jsonl"
+        argv = client_argv(point, report.url, jsonl, settings)
         if progress:
             progress(f"[{number}/{len(points)}] {point.type}: {point.label}")
         done = runner(argv, env)
-        run = BenchRun(point, argv, done.returncode, _read_result(jsonl),
-                       client_tail=(done.stdout or "")[-4000:] + (done.stderr or "")[-4000:])
-        exact = (point.dataset.startswith("random") and settings.range_ratio == 1.0)
-        report.runs.append(judge(run, point.output_len if exact else None))
-        report.files.append(str(jsonl))
-        log = jsonl.with_suffix(".log")
-        log.write_text(f"$ python {shlex.join(argv)}\n{done.stdout or ''}{done.stderr or ''}")
-    summary = out_dir / f"{stamp}.json"
-    report.files.insert(0, str(summary))
-    summary.write_text(json.dumps(report.to_dict(), indent=2, default=str) + "\n")
+        output = _scrub((done.stdout or "")[-4000:] + (done.stderr or "")[-4000:], api_key)
+        run = BenchRun(point, argv, done.returncode, _read_result(files, jsonl, api_key),
+                       client_tail=output)
+        report.runs.append(judge(run, point.output_len if _exact_lengths(point, settings)
+                                 else None))
+        report.files.append(jsonl)
+        files.write_text(jsonl.removesuffix(".jsonl") + ".log", _scrub(
+            f"$ python {shlex.join(argv)}\n{done.stdout or ''}{done.stderr or ''}", api_key), 0o600)
+    summary = f"{folder}/{stamp}.json"
+    report.files.insert(0, summary)
+    # Built from scrubbed parts: the client's result and output lost the key when read.
+    files.write_text(summary, json.dumps(report.to_dict(), indent=2, default=str) + "\n", 0o600)
     return report
+
+
+def _exact_lengths(point: BenchPoint, settings: BenchSettings) -> bool:
+    """Whether every request asks for exactly point.output_len tokens (the short-stream check)."""
+    if point.dataset.startswith("random"):
+        return _range_ratio(settings) == 1.0
+    return point.output_len is not None  # sharegpt with --output-len
 
 
 def plot_report(report: BenchReport, path: Path, python: str | None = None) -> Path:
     """Draw the report's sweeps into path (PNG), with matplotlib from this python or `python`.
 
-    matplotlib is optional here; the python that runs sglang's client often has it, so the
-    picture is drawn there when this one lacks it.
+    matplotlib is optional here; a local client's python often has it, so the picture is
+    drawn there when this one lacks it (python: that python, its summary on this machine).
     """
-    summary = Path(report.files[0])
+    from slurm_sglang.bench_plot import plot_summary
+
     if importlib.util.find_spec("matplotlib") is not None or python is None:
-        return plot_summary(summary, path)
+        return plot_summary(report.to_dict(), path)
     package_root = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": package_root, "MPLBACKEND": "Agg"}
+    # bench_plot needs the standard library and matplotlib only, which that python has.
     done = subprocess.run(
-        [python, "-c", "import sys; from slurm_sglang.bench import plot_summary; "
-         "plot_summary(*map(__import__('pathlib').Path, sys.argv[1:]))", str(summary), str(path)],
+        [python, "-c", "import json, pathlib, sys; from slurm_sglang.bench_plot import "
+         "plot_summary; "
+         "plot_summary(json.loads(pathlib.Path(sys.argv[1]).read_text()), "
+         "pathlib.Path(sys.argv[2]))", report.files[0], str(path)],
         env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise UserInputError(f"--plot: {last}")
+        raise UserInputError(f"--plot: {last.removeprefix('slurm_sglang.errors.UserInputError: ')}")
     return path
 
 
-_AXIS_NAMES = {"concurrency": "max concurrency", "prefill": "input tokens",
-               "decode": "output tokens"}
+# What `bench compare` sets side by side: sglang's result fields, and whether lower is better.
+_COMPARED = (("TTFT p50 ms", "median_ttft_ms", True), ("TTFT p99 ms", "p99_ttft_ms", True),
+             ("ITL p50 ms", "median_itl_ms", True), ("TPOT p50 ms", "median_tpot_ms", True),
+             ("out tok/s", "output_throughput", False), ("req/s", "request_throughput", False))
 
 
-def plot_summary(summary: Path, path: Path) -> Path:
-    """Latency and throughput against each swept axis of a saved report, one column per type."""
+def load_summary(path: Path) -> dict[str, Any]:
+    """A saved report (`<stamp>.json` under logs/<job>/bench/), checked to be one."""
     try:
-        import matplotlib
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserInputError(f"bench compare: {path} does not exist (give two <stamp>.json "
+                             "files from logs/<job>/bench/)") from None
+    except (OSError, json.JSONDecodeError) as error:
+        raise UserInputError(f"bench compare: {path} is not a bench report: {error}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("runs"), list):
+        raise UserInputError(f"bench compare: {path} is not a bench report (no 'runs'; give a "
+                             "<stamp>.json, not a run's .jsonl)")
+    return data
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise UserInputError("--plot: needs matplotlib (pip install matplotlib)") from None
-    data = json.loads(summary.read_text())
-    runs = [run for run in data["runs"] if run["ok"] and run["x"] is not None]
-    swept = [name for name in _AXIS_NAMES if any(run["type"] == name for run in runs)]
-    if not swept:
-        raise UserInputError("--plot: no valid run of concurrency, prefill or decode to draw")
-    figure, axes = plt.subplots(2, len(swept), figsize=(5.5 * len(swept), 7), squeeze=False)
-    for column, name in enumerate(swept):
-        points = sorted((run for run in runs if run["type"] == name), key=lambda run: run["x"])
-        xs = [run["x"] for run in points]
-        top, bottom = axes[0][column], axes[1][column]
-        for key, style in (("median_ttft_ms", "o-"), ("p99_ttft_ms", "o--"),
-                           ("median_itl_ms", "s-"), ("median_e2e_latency_ms", "^-")):
-            top.plot(xs, [run["result"].get(key) for run in points], style,
-                     label=key.removesuffix("_ms"))
-        top.set_ylabel("ms")
-        top.set_title(f"{name}: latency")
-        top.legend(fontsize=8)
-        for key, style in (("output_throughput", "o-"), ("total_throughput", "s--")):
-            bottom.plot(xs, [run["result"].get(key) for run in points], style, label=key)
-        bottom.set_ylabel("tokens/s")
-        bottom.set_xlabel(_AXIS_NAMES[name])
-        bottom.set_title(f"{name}: throughput")
-        bottom.legend(fontsize=8)
-        for axis in (top, bottom):
-            # Sweeps grow by factors (1, 4, 16...): a log axis spaces them evenly.
-            if len(xs) > 2 and max(xs) / max(min(xs), 1) >= 16:
-                axis.set_xscale("log", base=2)
-            axis.grid(True, alpha=0.3)
-    figure.suptitle(f"sglang serving benchmark, {data['url']} ({data['started']})", fontsize=9)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+
+def _delta(before: Any, after: Any) -> str:
+    if not isinstance(before, (int, float)) or not isinstance(after, (int, float)):
+        return "-"
+    change = "" if not before else f" ({(after - before) / before * 100:+.1f}%)"
+    return f"{before:.1f} -> {after:.1f}{change}"
+
+
+def compare_summaries(first: Mapping[str, Any], second: Mapping[str, Any]) -> str:
+    """A table of the changes from first to second, run by run (matched on type and label)."""
+    def keyed(data: Mapping[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+        return {(run["type"], run["label"]): run for run in data["runs"]}
+
+    before, after = keyed(first), keyed(second)
+    header = ["run", *(title for title, _, _ in _COMPARED), "valid"]
+    rows = [header]
+    for key in [*before, *(key for key in after if key not in before)]:
+        old, new = before.get(key), after.get(key)
+        name = key[1] if key[1].startswith(key[0]) else f"{key[0]}: {key[1]}"
+        if old is None or new is None:
+            rows.append([name, *(["-"] * len(_COMPARED)),
+                         "only in " + ("second" if old is None else "first")])
+            continue
+        cells = [_delta(old["result"].get(field), new["result"].get(field))
+                 for _, field, _ in _COMPARED]
+        valid = f"{'ok' if old['ok'] else 'FAILED'} -> {'ok' if new['ok'] else 'FAILED'}"
+        rows.append([name, *cells, valid])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = [f"{first.get('url', '?')} ({first.get('started', '?')}) -> "
+             f"{second.get('url', '?')} ({second.get('started', '?')})"]
+    for row in rows:
+        lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths,
+                                                                          strict=True)).rstrip())
+    lines.append("lower is better for the latencies (ms), higher for tok/s and req/s")
+    return "\n".join(lines)

@@ -486,11 +486,14 @@ def cmd_smoke(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """sglang's serving benchmark against a job or URL; exit 1 when a run fails the gate."""
-    import os
-
     from slurm_sglang import api
-    from slurm_sglang.bench import BENCH_TYPES, BenchSettings
+    from slurm_sglang.bench import BENCH_TYPES, BenchSettings, compare_summaries, load_summary
 
+    if args.target == "compare" or args.reports:
+        if args.target != "compare" or len(args.reports) != 2:
+            raise UsageError("bench compare: give two reports, bench compare A.json B.json")
+        print(compare_summaries(*(load_summary(Path(path)) for path in args.reports)))
+        return 0
     types = [name for item in args.type or ["throughput"] for name in item.split(",") if name]
     if "all" in types:
         types = list(BENCH_TYPES)
@@ -505,14 +508,45 @@ def cmd_bench(args: argparse.Namespace) -> int:
         args.target, types, settings, python=args.python,
         output_dir=Path(args.output_dir) if args.output_dir else None,
         plot=Path(args.plot) if args.plot else None,
-        api_key=os.environ.get("SLURM_SGLANG_API_KEY") or None,
-        progress=None if args.json else lambda line: print(line, file=sys.stderr, flush=True))
+        api_key=_bench_api_key(args.api_key_file),
+        progress=None if args.json else lambda line: print(line, file=sys.stderr, flush=True),
+        client=args.client, client_mounts=args.client_mount or (),
+        client_env=_assignments(args.client_env, "--client-env"))
     text = report.format_table()
     if report.files:
         text += f"\nfiles: {report.files[0]}" + "".join(
             f"\n       {path}" for path in report.files[1:] if path.endswith(".png"))
     _emit(args, report.to_dict(), text)
     return 0 if report.ok else 1
+
+
+def _bench_api_key(path: str | None) -> str | None:
+    """The server's API key: --api-key-file (the user's alone), else $SLURM_SGLANG_API_KEY."""
+    import os
+
+    if not path:
+        return os.environ.get("SLURM_SGLANG_API_KEY") or None
+    try:
+        mode = Path(path).stat().st_mode & 0o777
+        key = Path(path).read_text().strip()
+    except OSError as error:
+        raise UsageError(f"--api-key-file: cannot read {path}: {error.strerror}") from None
+    if mode & 0o077:
+        raise UsageError(f"--api-key-file: {path} is readable by group or others (mode "
+                         f"{mode:o}): chmod 600 {path}")
+    if not key:
+        raise UsageError(f"--api-key-file: {path} is empty")
+    return key
+
+
+def _assignments(items: list[str] | None, name: str) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise UsageError(f"{name}: {item!r} is not NAME=VALUE")
+        found[key] = value
+    return found
 
 
 def _ints(text: str | None, name: str) -> tuple[int, ...] | None:
@@ -745,7 +779,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = verbs.add_parser("bench", help="sglang's serving benchmark against a job or URL")
     bench.add_argument("target", nargs="?", metavar="JOB|URL",
-                       help="job id (default: the newest) or the server's URL")
+                       help="job id (default: the newest) or the server's URL; or `compare A B`")
+    bench.add_argument("reports", nargs="*", metavar="A B", help=argparse.SUPPRESS)
     bench.add_argument("--type", action="append", metavar="T[,T...]",
                        help="throughput (default), prefill, decode, latency, concurrency, "
                             "sharegpt, or all; repeatable")
@@ -768,6 +803,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--python", metavar="PATH",
                        help="a python that imports sglang (default: $SLURM_SGLANG_BENCH_PYTHON, "
                             "else this one)")
+    bench.add_argument("--api-key-file", metavar="FILE",
+                       help="the server's API key, in a file of yours alone (default: "
+                            "$SLURM_SGLANG_API_KEY)")
+    bench.add_argument("--client", choices=("auto", "local", "job"), default="auto",
+                       help="where sglang's client runs: here, or in the job's image on its "
+                            "head node (auto: here when sglang imports here)")
+    bench.add_argument("--client-mount", action="append", metavar="SRC[:DST]",
+                       help="a mount for the client's container (--client job); repeatable")
+    bench.add_argument("--client-env", action="append", metavar="NAME=VALUE",
+                       help="a variable for the client (--client job; not for secrets)")
     bench.add_argument("--output-dir", metavar="DIR",
                        help="where results go (default: the job's logs/<job>/bench/)")
     bench.add_argument("--plot", metavar="FILE.png",

@@ -47,7 +47,7 @@ make_venv() {
 
 install_python_packages() {
   local tests=$1 pip=("${VENV}/bin/python" -m pip install -q --disable-pip-version-check)
-  "${pip[@]}" -e "${REPO}[test]"
+  "${pip[@]}" -e "${REPO}[test,plot]"
   ((tests)) || return 0
   # CPU torch for the NCCL/gloo pre-flight tests (this machine kind keeps a CPU wheel of 2.13.0).
   "${VENV}/bin/python" -c 'import torch' 2>/dev/null || "${pip[@]}" torch==2.13.0

@@ -17,10 +17,12 @@ from slurm_sglang.bench import (
     BenchSettings,
     client_argv,
     client_env,
+    compare_summaries,
     judge,
     plan_points,
     run_bench,
 )
+from slurm_sglang.bench_plot import plot_summary
 from slurm_sglang.cli import main
 from slurm_sglang.errors import UserInputError
 
@@ -155,12 +157,17 @@ class FakeClient:
 
     def __init__(self, tokens: int = 4, texts: str = "x") -> None:
         self.calls: list[tuple[list[str], dict[str, str]]] = []
+        self.probes = 0
         self.tokens = tokens
         self.texts = texts
 
     def __call__(self, argv: Sequence[str], env: Mapping[str, str]) -> Any:
         import subprocess
 
+        if argv[0] == "-c":  # the probe: the client's version and the server's /server_info
+            self.probes += 1
+            probed = {"client": "0.5.23", "server_info": {"version": "0.5.23", "tp_size": 2}}
+            return subprocess.CompletedProcess(argv, 0, json.dumps(probed) + "\n", "")
         self.calls.append((list(argv), dict(env)))
         n = int(argv[argv.index("--num-prompts") + 1])
         path = Path(argv[argv.index("--output-file") + 1])
@@ -182,7 +189,11 @@ def test_run_bench_saves_every_run_and_prints_a_table_per_type(tmp_path: Path) -
     assert "concurrency:" in table and "TTFT ms p50" in table
     assert table.splitlines()[-1] == "bench: ok, 3/3 runs valid against http://h:1"
     saved = json.loads(Path(report.files[0]).read_text())
-    assert saved["served"] == {"job": "7"} and saved["ok"]
+    assert saved["served"] == {"job": "7", "client_sglang_version": "0.5.23",
+                               "client_host": "", "client_python": "",
+                               "server_sglang_version": "0.5.23", "server_model": "",
+                               "server_info_error": ""} and saved["ok"]
+    assert client.probes == 1
     assert saved["runs"][1]["argv"][:3] == ["python", "-m", "sglang.benchmark.serving"]
     assert "errors" not in saved["runs"][0]["result"]
     assert len(list(tmp_path.glob("*.jsonl"))) == 3 and len(list(tmp_path.glob("*.log"))) == 3
@@ -210,3 +221,160 @@ def test_bad_input_is_one_line_naming_the_field_and_exit_2(
     err = capsys.readouterr().err
     assert code == 2
     assert err.count("\n") == 1 and err.startswith(f"slurm-sglang: error: {field}")
+
+
+def test_lengths_are_exact_unless_told_otherwise() -> None:
+    point = plan_points(["throughput"], BenchSettings())[0]
+    argv = client_argv(point, "http://h", "/o", BenchSettings())
+    assert argv[argv.index("--random-range-ratio") + 1] == "1"
+    spread = client_argv(point, "http://h", "/o", BenchSettings(range_ratio=0.0))
+    assert spread[spread.index("--random-range-ratio") + 1] == "0"
+
+
+class TruncatingClient(FakeClient):
+    """sglang's client against a server whose streams end after half their tokens: each
+    request counts as a success with the tokens it saw."""
+
+    def __call__(self, argv: Sequence[str], env: Mapping[str, str]) -> Any:
+        import subprocess
+
+        if argv[0] == "-c":
+            return super().__call__(argv, env)
+        n = int(argv[argv.index("--num-prompts") + 1])
+        out = int(argv[argv.index("--random-output-len") + 1])
+        path = Path(argv[argv.index("--output-file") + 1])
+        path.write_text(json.dumps(_result(n, out // 2)) + "\n")
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+
+def test_a_stream_without_its_final_chunk_fails_the_gate_with_exact_counts(
+        tmp_path: Path) -> None:
+    settings = BenchSettings(num_prompts=12, input_lens=(32,), output_lens=(16,))
+    report = run_bench("http://h", ["throughput"], settings, tmp_path, TruncatingClient())
+    (run,) = report.runs
+    assert not report.ok and run.output_tokens == 12 * 8 and run.failed == 12
+    assert run.reasons == ["12 streams ended before their 16 tokens (no final chunk)"]
+    # With sglang's spread of lengths nothing says how long each stream should have been.
+    spread = BenchSettings(num_prompts=12, input_lens=(32,), output_lens=(16,), range_ratio=0.0)
+    assert run_bench("http://h", ["throughput"], spread, tmp_path, TruncatingClient()).ok
+
+
+def _summary(url: str, ttft: float, tokens_per_s: float, ok: bool = True) -> dict[str, Any]:
+    return {"url": url, "started": "T", "runs": [
+        {"type": "concurrency", "label": "concurrency 4", "ok": ok,
+         "result": {"median_ttft_ms": ttft, "output_throughput": tokens_per_s}},
+        {"type": "throughput", "label": "in 8 out 4 rate inf", "ok": True, "result": {}}]}
+
+
+def test_compare_prints_the_deltas_run_by_run() -> None:
+    first = _summary("http://a", 20.0, 1000.0)
+    second = _summary("http://b", 25.0, 800.0, ok=False)
+    second["runs"] = second["runs"][:1]
+    lines = compare_summaries(first, second).splitlines()
+    assert lines[0] == "http://a (T) -> http://b (T)"
+    assert lines[1].split()[:3] == ["run", "TTFT", "p50"]
+    row = lines[2]
+    assert row.startswith("concurrency 4 ")
+    assert "20.0 -> 25.0 (+25.0%)" in row and "1000.0 -> 800.0 (-20.0%)" in row
+    assert row.endswith("ok -> FAILED")
+    assert lines[3].startswith("throughput: in 8 out 4 rate inf") and lines[3].endswith(
+        "only in first")
+
+
+def test_bench_compare_on_the_command_line(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(_summary("http://a", 20.0, 1000.0)))
+    b.write_text(json.dumps(_summary("http://a", 10.0, 2000.0)))
+    assert main(["bench", "compare", str(a), str(b)]) == 0
+    assert "20.0 -> 10.0 (-50.0%)" in capsys.readouterr().out
+    assert main(["bench", "compare", str(a)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "slurm-sglang: error: bench compare: give two reports, bench compare A.json B.json")
+    jsonl = tmp_path / "run.jsonl"
+    jsonl.write_text("[1]")
+    assert main(["bench", "compare", str(a), str(jsonl)]) == 2
+    assert "is not a bench report (no 'runs'" in capsys.readouterr().err
+    assert main(["bench", "compare", str(a), str(tmp_path / "gone.json")]) == 2
+    assert "gone.json does not exist" in capsys.readouterr().err
+
+
+def test_plot_without_matplotlib_is_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name.startswith("matplotlib"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    with pytest.raises(UserInputError) as refused:
+        plot_summary(_summary("http://a", 1.0, 1.0), Path("/nonexistent/p.png"))
+    assert str(refused.value) == ("--plot: needs matplotlib, which is not installed here "
+                                  "(pip install 'slurm-sglang[plot]')")
+
+
+def test_plot_draws_latency_and_throughput_against_the_sweep(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    data = {"url": "http://a", "started": "T", "runs": [
+        {"type": "concurrency", "label": f"c {c}", "ok": True, "x": c,
+         "result": {"median_ttft_ms": c * 2.0, "output_throughput": c * 100.0}}
+        for c in (1, 4, 16)]}
+    path = plot_summary(data, tmp_path / "p.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+class LeakyServerClient(FakeClient):
+    """sglang's client stores the server's /server_info in its JSONL: here it holds the key."""
+
+    def __call__(self, argv: Sequence[str], env: Mapping[str, str]) -> Any:
+        done = super().__call__(argv, env)
+        if argv[0] != "-c":
+            path = Path(argv[argv.index("--output-file") + 1])
+            result = json.loads(path.read_text())
+            result["server_info"] = {"launch_command": "launch_server --api-key sekret"}
+            path.write_text(json.dumps(result) + "\n")
+            done.stdout = "server args: --api-key sekret\n"
+        return done
+
+
+def test_the_api_key_is_scrubbed_from_every_saved_file_and_the_report(tmp_path: Path) -> None:
+    report = run_bench("http://h", ["throughput"], BenchSettings(num_prompts=2, output_lens=(4,)),
+                       tmp_path, LeakyServerClient(), api_key="sekret")
+    assert report.ok
+    assert "sekret" not in json.dumps(report.to_dict())
+    saved = sorted(tmp_path.iterdir())
+    assert len(saved) == 3
+    for path in saved:
+        assert "sekret" not in path.read_text() and path.stat().st_mode & 0o077 == 0, path
+    assert "<redacted>" in (tmp_path / Path(report.files[1]).name).read_text()
+
+
+def test_the_plot_module_needs_only_what_the_clients_python_has() -> None:
+    # Where this python lacks matplotlib, the client's python draws: it has none of the CLI's
+    # own dependencies.
+    import subprocess
+    import sys
+
+    code = ("import sys, slurm_sglang.bench_plot; print(sorted({m.split('.')[0] for m in "
+            "sys.modules} & {'paramiko', 'pydantic', 'jinja2', 'yaml', 'submitit'}))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, cwd=Path(__file__).resolve().parents[2])
+    assert done.stdout.strip() == "[]"
+
+
+def test_a_client_python_without_sglang_is_one_line_before_any_run(tmp_path: Path) -> None:
+    import subprocess
+
+    def no_sglang(argv: Sequence[str], env: Mapping[str, str]) -> Any:
+        probed = {"client": "not importable: No module named 'sglang'", "server_info": {},
+                  "host": "n1", "python": "/usr/bin/python3"}
+        assert argv[0] == "-c", "a benchmark run started"
+        return subprocess.CompletedProcess(argv, 0, json.dumps(probed) + "\n", "")
+
+    with pytest.raises(UserInputError) as refused:
+        run_bench("http://h", ["throughput"], BenchSettings(), tmp_path, no_sglang)
+    assert str(refused.value).startswith(
+        "--client: sglang is not importable: No module named 'sglang' (/usr/bin/python3 on n1); ")

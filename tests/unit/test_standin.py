@@ -560,3 +560,70 @@ def test_metrics_count_the_requests_served_and_need_no_api_key(cluster: Cluster)
     values = summarize_server(parse_exposition(text)[1])
     assert values["requests"] == 5 and values["generation_tokens"] == 25
     assert values["running"] == 0
+
+
+def _stream_payloads(text: str) -> list[str]:
+    return [event.removeprefix("data: ") for event in text.split("\n\n") if event]
+
+
+def test_fault_no_tokens_answers_200_with_no_token(cluster: Cluster) -> None:
+    cluster.start(0, ["--model-path", MODEL, "--port", str(cluster.http_port)],
+                  SGLANG_STANDIN_FAULT="no-tokens")  # fmt: skip
+    cluster.wait_ready()
+    body = {"text": "Tell me", "sampling_params": {"max_new_tokens": 8, "ignore_eos": True}}
+    status, _, text = http(cluster.url("/generate"), body)
+    assert status == 200
+    assert (json.loads(text)["text"], json.loads(text)["meta_info"]["completion_tokens"]) == ("", 0)
+    status, _, text = http(cluster.url("/v1/completions"),
+                           {"model": MODEL, "prompt": "Tell me", "max_tokens": 8})
+    assert status == 200 and json.loads(text)["usage"]["completion_tokens"] == 0
+
+
+def test_fault_error_answers_every_generation_with_500(cluster: Cluster) -> None:
+    cluster.start(0, ["--model-path", MODEL, "--port", str(cluster.http_port)],
+                  SGLANG_STANDIN_FAULT="error")  # fmt: skip
+    cluster.wait_ready()
+    for path, body in (("/generate", {"text": "Hi", "stream": True}),
+                       ("/v1/completions", {"model": MODEL, "prompt": "Hi"}),
+                       ("/v1/chat/completions",
+                        {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}]})):
+        status, _, text = http(cluster.url(path), body)
+        assert status == 500 and "SGLANG_STANDIN_FAULT=error" in text, path
+    assert http(cluster.url("/v1/models"))[0] == 200  # only generations fail
+
+
+def test_fault_truncate_ends_streams_without_their_final_chunk(cluster: Cluster) -> None:
+    cluster.start(0, ["--model-path", MODEL, "--port", str(cluster.http_port)],
+                  SGLANG_STANDIN_FAULT="truncate")  # fmt: skip
+    cluster.wait_ready()
+    body: dict[str, Any] = {"text": "Tell me", "stream": True,
+                            "sampling_params": {"max_new_tokens": 10, "ignore_eos": True}}
+    status, _, text = http(cluster.url("/generate"), body)
+    payloads = _stream_payloads(text)
+    assert status == 200 and "[DONE]" not in payloads
+    events = [json.loads(payload) for payload in payloads]
+    assert [event["meta_info"]["completion_tokens"] for event in events] == [1, 2, 3, 4, 5]
+    assert all(event["meta_info"]["finish_reason"] is None for event in events)
+    # A whole (non-streamed) answer is not cut.
+    whole = json.loads(http(cluster.url("/generate"), {**body, "stream": False})[2])
+    assert whole["meta_info"]["completion_tokens"] == 10
+
+
+def test_faults_are_refused_unless_known() -> None:
+    from slurm_sglang.sandbox.standin.sglang.settings import StandinSettings
+
+    assert StandinSettings.from_environ({"SGLANG_STANDIN_FAULT": "truncate"}).fault == "truncate"
+    with pytest.raises(ValueError, match="SGLANG_STANDIN_FAULT must be one of"):
+        StandinSettings.from_environ({"SGLANG_STANDIN_FAULT": "slow"})
+
+
+def test_fault_every_nth_request_only(cluster: Cluster) -> None:
+    cluster.start(0, ["--model-path", MODEL, "--port", str(cluster.http_port)],
+                  SGLANG_STANDIN_FAULT="error", SGLANG_STANDIN_FAULT_EVERY="3")  # fmt: skip
+    cluster.wait_ready()
+    statuses = [http(cluster.url("/generate"), {"text": f"r{i}"})[0] for i in range(7)]
+    assert statuses == [200, 200, 500, 200, 200, 500, 200]
+    from slurm_sglang.sandbox.standin.sglang.settings import StandinSettings
+
+    with pytest.raises(ValueError, match="SGLANG_STANDIN_FAULT_EVERY must be a whole number"):
+        StandinSettings.from_environ({"SGLANG_STANDIN_FAULT_EVERY": "0"})

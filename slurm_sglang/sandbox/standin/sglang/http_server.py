@@ -119,6 +119,8 @@ class HeadHandler(_Handler):
     # The generations of the request this connection is serving, once parsed (for /metrics).
     admitted: list[Generation] | None = None
     started_at = 0.0
+    # The fault this request gets (SGLANG_STANDIN_FAULT, on every FAULT_EVERY-th request).
+    fault = ""
 
     def do_GET(self) -> None:
         """Route GET requests."""
@@ -175,11 +177,12 @@ class HeadHandler(_Handler):
             request = json.loads(raw or b"{}")
             if not isinstance(request, dict):
                 raise RequestError("the request body must be a JSON object")
-            if self.service.fault == "error":
+            self.fault = self.service.fault_now()
+            if self.fault == "error":
                 self.reply_json(500, error_body("the stand-in was told to fail "
                                                 "(SGLANG_STANDIN_FAULT=error)", 500))
                 return
-            if self.service.fault == "no-tokens":
+            if self.fault == "no-tokens":
                 _no_tokens(request)
             self.service.count_running(+1)
             self.admitted = None
@@ -219,7 +222,10 @@ class HeadHandler(_Handler):
 
     def _answer(self, job: CompletionJob | ChatJob | GenerateJob) -> None:
         if job.stream:
-            self.reply_events(self._counted(job.events(self._pace)))
+            events = job.events(self._pace)
+            if self.fault == "truncate":
+                events = _truncated(events, len(job.generations[0].tokens) // 2)
+            self.reply_events(self._counted(events))
         else:
             body = job.response(self._pace)
             self._finished(False)
@@ -254,6 +260,15 @@ class HeadHandler(_Handler):
 
 def _tokens(generations: list[Generation]) -> int:
     return sum(g.prompt_tokens + len(g.tokens) for g in generations)
+
+
+def _truncated(events: Iterator[Body | str], kept: int) -> Iterator[Body | str]:
+    """SGLANG_STANDIN_FAULT=truncate: the first `kept` events (at least one), then the stream
+    ends cleanly at the HTTP level, without its final chunk (finish_reason, usage) or [DONE]."""
+    for number, event in enumerate(events):
+        if number >= max(kept, 1) or event == DONE:
+            return
+        yield event
 
 
 def _no_tokens(request: Body) -> None:

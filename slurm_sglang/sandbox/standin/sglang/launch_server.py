@@ -109,6 +109,7 @@ def run_head(args: argparse.Namespace, argv: list[str], settings: StandinSetting
     service = HeadService(args, ranks, settings.token_seconds)
     service.first_token_seconds = settings.first_token_seconds
     service.fault = settings.fault
+    service.fault_every = settings.fault_every
     if group is not None:
         head_group = group
         service.before_forward = lambda: head_group.block_on_collective(args.watchdog_timeout)

@@ -30,6 +30,8 @@ class HeadService:
         self.token_seconds = token_seconds
         self.first_token_seconds = 0.0
         self.fault = ""
+        self.fault_every = 1
+        self._generations = 0
         self.ready = threading.Event()
         self.created = int(time.time())
         self._running_lock = threading.Lock()
@@ -39,6 +41,14 @@ class HeadService:
                         else None)
         # Runs before every forward batch; the group makes it block once a peer is gone.
         self.before_forward: Callable[[], None] = lambda: None
+
+    def fault_now(self) -> str:
+        """The fault for this generation request: every fault_every-th one gets it."""
+        if not self.fault:
+            return ""
+        with self._running_lock:
+            self._generations += 1
+            return self.fault if self._generations % self.fault_every == 0 else ""
 
     def count_running(self, change: int) -> None:
         """Add `change` (+1 at start, -1 at end) to the number of requests in flight."""

@@ -2,7 +2,9 @@
 
 SGLANG_STANDIN_LOAD_SECONDS (0): model loading time. SGLANG_STANDIN_FIRST_TOKEN_SECONDS (0): the
 delay before a generation's first token (a prefill). SGLANG_STANDIN_FAULT (unset): `no-tokens`
-answers every generation with 0 tokens, `error` answers it with HTTP 500 (benchmark gates).
+answers every generation with 0 tokens, `error` answers it with HTTP 500, `truncate` ends every
+stream after half its tokens, without the final chunk or [DONE] (benchmark gates).
+SGLANG_STANDIN_FAULT_EVERY (1): the fault hits every Nth generation request only.
 SGLANG_STANDIN_WARMUP_SECONDS (0.3): the head's warm-up, /health 503.
 SGLANG_STANDIN_TOKEN_SECONDS (0): time per generated token.
 SGLANG_STANDIN_DIST_TIMEOUT (600): --dist-timeout's default. SGLANG_STANDIN_LOAD_BARRIER_SECONDS
@@ -34,7 +36,7 @@ def _seconds(environ: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
-FAULTS = ("", "no-tokens", "error")
+FAULTS = ("", "no-tokens", "error", "truncate")
 
 
 def _fault(environ: Mapping[str, str]) -> str:
@@ -43,6 +45,13 @@ def _fault(environ: Mapping[str, str]) -> str:
         raise ValueError(f"SGLANG_STANDIN_FAULT must be one of {', '.join(FAULTS[1:])}, "
                          f"got {fault!r}")
     return fault
+
+
+def _every(environ: Mapping[str, str]) -> int:
+    raw = environ.get("SGLANG_STANDIN_FAULT_EVERY", "").strip() or "1"
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"SGLANG_STANDIN_FAULT_EVERY must be a whole number from 1, got {raw!r}")
+    return int(raw)
 
 
 @dataclass(frozen=True)
@@ -59,6 +68,7 @@ class StandinSettings:
     heartbeat_timeout_seconds: float
     gpus_on_node: int | None
     fault: str = ""
+    fault_every: int = 1
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] = os.environ) -> StandinSettings:
@@ -79,4 +89,5 @@ class StandinSettings:
             heartbeat_timeout_seconds=_seconds(environ, "SGLANG_STANDIN_HEARTBEAT_TIMEOUT", 5.0),
             gpus_on_node=int(gpus_raw) if gpus_raw else None,
             fault=_fault(environ),
+            fault_every=_every(environ),
         )
