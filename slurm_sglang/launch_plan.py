@@ -24,8 +24,21 @@ REGENERATE_HINT = (
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 
 
-class UserInputError(ValueError):
+class SlurmSglangError(Exception):
+    """The base of every error slurm-sglang reports as one line; the kinds live in errors.py.
+
+    Defined here because this file also runs alone beside the script, outside the package:
+    its rules raise the same classes everywhere. exit_code is the CLI's exit status."""
+
+    exit_code = 1
+    kind = "error"
+
+
+class UserInputError(SlurmSglangError, ValueError):
     """Input a user can fix: the message names the field and the fix (exit code 2)."""
+
+    exit_code = 2
+    kind = "user input"
 
 
 class SpecError(UserInputError):

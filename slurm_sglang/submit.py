@@ -25,6 +25,22 @@ from slurm_sglang.transport.base import raise_for_result
 _TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
 
 
+def job_env(entries: Sequence[str], environ: Mapping[str, str]) -> dict[str, str]:
+    """--env NAME=VALUE entries, or NAME alone for environ's value (tokens stay off command
+    lines), as the job's extra environment."""
+    env: dict[str, str] = {}
+    for entry in entries:
+        name, has_value, value = entry.partition("=")
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise UserInputError(f"--env {entry!r}: {name!r} is not a variable name")
+        if not has_value:
+            if name not in environ:
+                raise UserInputError(f"--env {name}: not set here; pass {name}=VALUE")
+            value = environ[name]
+        env[name] = value
+    return env
+
+
 def time_minutes(text: str) -> int:
     """SLURM's time formats (MM, HH:MM:SS, D-HH[:MM[:SS]]) as whole minutes, rounded up."""
     match = _TIME.match(text.strip())
@@ -272,25 +288,6 @@ def submit_remote(request: SubmitRequest, transport: Transport, host: str) -> Jo
         sglang_args=list(request.script_args), submitted_at=_now(), host=host,
         driver_log=f"{log_root}/slurm-{job_id}.out", name=request.job_name,
     )
-
-
-# squeue gave no answer (slurmctld restarting, the login node unreachable): not "gone".
-QUEUE_UNREACHABLE = "UNREACHABLE"
-
-
-def queue_state(transport: Transport, job_id: str) -> str | None:
-    """SLURM's state of the job (PENDING, RUNNING, ...), None once squeue forgets it, or
-    QUEUE_UNREACHABLE when squeue fails for another reason."""
-    result = transport.run(["squeue", "-h", "-j", job_id, "-o", "%T"], check=False)
-    if result.returncode != 0 and "Invalid job id" not in result.stderr:
-        return QUEUE_UNREACHABLE
-    state = result.stdout.strip()
-    return state.splitlines()[0] if state else None
-
-
-def cancel_job(transport: Transport, job_id: str) -> None:
-    """scancel the job; SLURM signals every step, whose node traps remove the containers."""
-    transport.run(["scancel", job_id])
 
 
 def python_for_nodes() -> str:

@@ -9,6 +9,8 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from slurm_sglang.errors import JobError
+
 log = logging.getLogger("slurm_sglang.sandbox")
 
 # Command -> Debian package that provides it. Order is the order of the install line.
@@ -40,7 +42,7 @@ HOSTS_FILE = Path("/etc/hosts")
 HOSTS_MARKER = "# slurm-sglang-sandbox"
 
 
-class SandboxError(RuntimeError):
+class SandboxError(JobError):
     """A sandbox step failed; the message says what to do."""
 
 
