@@ -127,8 +127,8 @@ def test_host_job_ids_keep_a_local_and_a_remote_job_apart(
     assert find_record("local:47") == local
     assert find_record("user@login:2222:47") == remote
     assert find_record("48") == find_record("login:48") == only_remote
-    with pytest.raises(UserInputError, match=r"job 47: more than one host has it \(user@login:2222:47, "
-                       r"local:47\); give HOST:JOB"):
+    with pytest.raises(UserInputError, match=r"job 47: more than one host has it "
+                       r"\(user@login:2222:47, local:47\); give HOST:JOB"):
         find_record("47")
     with pytest.raises(UserInputError, match="job other:48: not recorded"):
         find_record("other:48")
