@@ -45,7 +45,12 @@ from slurm_sglang.errors import JobError, UserInputError
 from slurm_sglang.jobs import JobRecord, JobStatus
 from slurm_sglang.profile import load_profile
 from slurm_sglang.render import BUILTIN_TEMPLATES, TemplateSettings
-from slurm_sglang.serve_check import NO_API_KEY_WARNING, CheckReport, check
+from slurm_sglang.serve_check import (
+    NO_API_KEY_WARNING,
+    CheckReport,
+    check,
+    with_parser_verdicts,
+)
 
 # spec and plan build pydantic models at import: `render` needs neither, so they load on use.
 if TYPE_CHECKING:
@@ -206,8 +211,7 @@ def submit(
             mode = Path(api_key_file).stat().st_mode & 0o777
             raise UserInputError(f"--api-key-file: {api_key_file} is readable by group or "
                                  f"others (mode {mode:o}): chmod 600 {api_key_file}")
-    report = check(sglang_args, cluster, nodes, sglang_parser=True, port=port,
-                   health_timeout=health_timeout, image=image)
+    report = with_parser_verdicts(quick)
     if report.problems:
         raise UserInputError("; ".join(report.problems))
     script_args: list[str] = ["--workspace", workspace, "--port", str(port),

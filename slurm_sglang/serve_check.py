@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -28,6 +29,8 @@ class CheckReport:
     parser_verdicts: list[str] = field(default_factory=list)
     plan: Plan | None = None
     warnings: list[str] = field(default_factory=list)
+    # What each server runs (after --dp is split into replicas, --enable-metrics added).
+    server_argv: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -98,20 +101,15 @@ def check(
     """Validate a serve request against a profile without touching SLURM.
 
     With sglang_parser, sglang's own parser also reads every rank's argv where it is installed."""
-    from slurm_sglang.launch_plan import (
-        LATEST_KNOWN,
-        LaunchRequest,
-        PlanError,
-        launch,
-        rewrite_argv,
-    )
-    from slurm_sglang.sglang_flags import check_known_flags
+    from slurm_sglang.launch_plan import LATEST_KNOWN, LaunchRequest, PlanError, launch, read_argv
+    from slurm_sglang.sglang_flags import flag_problems
     from slurm_sglang.spec import build_spec, check_parallelism, nodes_needed
 
     profile = load_profile(cluster)
     version = profile.sglang_version or LATEST_KNOWN
-    rewritten = rewrite_argv(sglang_args, version)
-    spec = build_spec(rewritten.argv, nodes=nodes, **settings)
+    # Read once; the spec, the flag checks and the plan all read this one form.
+    read = read_argv(sglang_args, version)
+    spec = build_spec(read, nodes=nodes, **settings)
     parallelism = spec.parallelism
     if gpus_per_node is None:
         gpus_per_node = profile.slurm.gpus_per_node
@@ -119,8 +117,8 @@ def check(
     # Too few nodes is the placement's refusal, with its arithmetic and the nodes to ask for:
     # the reason the script gives, first.
     problems = check_parallelism(parallelism, chosen, gpus_per_node)
-    notes = list(rewritten.notes)
-    for flag_problem in check_known_flags(spec.sglang_args, version):
+    notes = list(read.notes)
+    for flag_problem in flag_problems(read):
         if flag_problem.severity == "error":
             problems.append(flag_problem.message)
         else:
@@ -132,17 +130,25 @@ def check(
                                 profile.router.source, profile.router.venv,
                                 profile.container.runtime)
         try:
-            launched = launch(request)
+            launched = launch(request, read)
             placement, server_argv = launched.plan, launched.server_argv
         except PlanError as exc:
             problems.append(str(exc))
-    verdicts: list[str] = []
-    if sglang_parser and not problems and placement is not None:
-        verdicts, parser_problems = _parser_verdicts(
-            server_argv, len(placement.replicas[0].nodes), spec.port)
-        problems.extend(parser_problems)
-    return CheckReport(spec, profile, chosen, gpus_per_node, parallelism, problems, notes, verdicts,
-                       plan=placement, warnings=_open_endpoint_warnings())
+    report = CheckReport(spec, profile, chosen, gpus_per_node, parallelism, problems, notes,
+                         plan=placement, warnings=_open_endpoint_warnings(),
+                         server_argv=server_argv)
+    return with_parser_verdicts(report) if sglang_parser else report
+
+
+def with_parser_verdicts(report: CheckReport) -> CheckReport:
+    """The report with sglang's own parser's verdicts on the head's and a worker's argv (where
+    sglang is importable), when nothing else stopped the job; seconds, so run last."""
+    if report.problems or report.plan is None:
+        return report
+    verdicts, problems = _parser_verdicts(report.server_argv, len(report.plan.replicas[0].nodes),
+                                          report.spec.port)
+    return dataclasses.replace(report, parser_verdicts=verdicts,
+                               problems=[*report.problems, *problems])
 
 
 NO_API_KEY_WARNING = (
