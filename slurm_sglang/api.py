@@ -41,7 +41,13 @@ from slurm_sglang.control import (
     wait_ready,
     watch,
 )
-from slurm_sglang.errors import JobError, UserInputError
+from slurm_sglang.errors import (
+    ClusterError,
+    JobError,
+    SlurmSglangError,
+    TransportError,
+    UserInputError,
+)
 from slurm_sglang.jobs import JobRecord, JobStatus
 from slurm_sglang.profile import load_profile
 from slurm_sglang.render import BUILTIN_TEMPLATES, TemplateSettings
@@ -63,8 +69,10 @@ __all__ = [
     "NO_API_KEY_WARNING",
     "Cancelled",
     "CheckReport",
+    "ClusterError",
     "Endpoint",
     "Frame",
+    "JobError",
     "JobList",
     "JobRecord",
     "JobStatus",
@@ -74,9 +82,12 @@ __all__ = [
     "ProfileList",
     "ProfileValidation",
     "ProfileView",
+    "SlurmSglangError",
     "StatusFrame",
     "TemplateSettings",
+    "TransportError",
     "TunnelEnd",
+    "UserInputError",
     "bench",
     "cancel",
     "check",

@@ -13,8 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from slurm_sglang.errors import ClusterError
 from slurm_sglang.jobs import QUEUE_UNREACHABLE, QueueReading
-from slurm_sglang.transport.base import Transport
+from slurm_sglang.transport.base import Transport, raise_for_result
 
 __all__ = [
     "DEFAULT_BACKOFF",
@@ -138,5 +139,10 @@ def queue_state(transport: Transport, job_id: str) -> str | None:
 
 
 def cancel_job(transport: Transport, job_id: str) -> None:
-    """scancel the job; SLURM signals every step, whose node traps remove the containers."""
-    transport.run(["scancel", job_id])
+    """scancel the job; SLURM signals every step, whose node traps remove the containers.
+    A job SLURM no longer knows is already ended; another refusal is a ClusterError."""
+    result = transport.run(["scancel", job_id], check=False)
+    if result.returncode == 127:
+        raise_for_result(result, transport.describe())
+    if result.returncode != 0 and _GONE not in result.stderr:
+        raise ClusterError(_why("scancel", result.returncode, result.stderr))

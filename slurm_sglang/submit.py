@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from slurm_sglang.errors import UserInputError
+from slurm_sglang.errors import ClusterError, UserInputError
 from slurm_sglang.jobs import JobRecord
 from slurm_sglang.profile import ClusterProfile, check_name
 from slurm_sglang.transport import Transport
@@ -200,13 +200,25 @@ def submit_local(request: SubmitRequest) -> JobRecord:
     command = ServeCommand(["bash", str(script), *request.script_args], slurm.requeue)
     # submitit's pickle, unpickled when the job starts, and the job's directory: the user's only.
     with _environment(request.env), _private_umask():
-        job = executor.submit(command)
+        try:
+            job = executor.submit(command)
+        except submitit.core.utils.FailedJobError as error:
+            # submitit's sbatch call failed; its message is sbatch's stderr.
+            raise sbatch_refusal(str(error), 1) from None
     log_dir = Path(request.workspace) / request.profile.paths.logs / str(job.job_id)
     return JobRecord(
         job_id=str(job.job_id), cluster=request.cluster, log_dir=str(log_dir),
         script=str(script), sglang_args=list(request.script_args), submitted_at=_now(),
         driver_log=str(job.paths.stdout), name=request.job_name,
     )
+
+
+def sbatch_refusal(stderr: str, code: int, where: str = "") -> UserInputError:
+    """sbatch refusing a job (a partition, account, QOS or size the cluster does not allow):
+    the user's input, as one line with sbatch's reason."""
+    reason = (stderr.strip().splitlines() or [f"exit {code}"])[-1]
+    reason = re.sub(r"^(sbatch: )?(error: )?", "", reason)
+    return UserInputError(f"sbatch{where} refused the job: {reason}")
 
 
 def check_own_directory(path: Path) -> None:
@@ -276,13 +288,11 @@ def submit_remote(request: SubmitRequest, transport: Transport, host: str) -> Jo
     result = transport.run(["sbatch", "--parsable", *options, script, *request.script_args],
                            env=request.env or None, check=False)
     if result.returncode not in (0, 127):
-        reason = (result.stderr.strip().splitlines() or [f"exit {result.returncode}"])[-1]
-        reason = re.sub(r"^(sbatch: )?(error: )?", "", reason)
-        raise UserInputError(f"sbatch on {host} refused the job: {reason}")
+        raise sbatch_refusal(result.stderr, result.returncode, f" on {host}")
     raise_for_result(result, host)
     job_id = result.stdout.strip().split(";")[0]
     if not job_id.isdigit():
-        raise RuntimeError(f"sbatch on {host} answered {result.stdout.strip()!r}, not a job id")
+        raise ClusterError(f"sbatch on {host} answered {result.stdout.strip()!r}, not a job id")
     return JobRecord(
         job_id=job_id, cluster=request.cluster, log_dir=f"{log_root}/{job_id}", script=script,
         sglang_args=list(request.script_args), submitted_at=_now(), host=host,

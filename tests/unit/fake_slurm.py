@@ -80,7 +80,8 @@ class FakeSlurm:
         self.nodes = [f"node{index}" for index in range(1, nodes + 1)]
         self.jobs: dict[str, FakeJob] = {}
         self.calls: list[tuple[str, ...]] = []
-        self.failures: dict[str, list[tuple[int, str]]] = {"squeue": [], "sacct": []}
+        self.failures: dict[str, list[tuple[int, str]]] = {"squeue": [], "sacct": [],
+                                                           "scancel": [], "sbatch": []}
         self._files = LocalTransport()
         self._next_id = 47
         clock.on_sleep = self.advance
@@ -88,7 +89,7 @@ class FakeSlurm:
     # ---- what tests script --------------------------------------------------------------------
 
     def fail(self, command: str, times: int, stderr: str = UNREACHABLE, code: int = 1) -> None:
-        """Make the next `times` calls of squeue or sacct fail with this exit code and words."""
+        """Make the next `times` calls of a command fail with this exit code and words."""
         self.failures[command] += [(code, stderr)] * times
 
     def requeue(self, job_id: str) -> None:
@@ -192,6 +193,9 @@ class FakeSlurm:
         return CommandResult(argv, code, "", stderr)
 
     def _cmd_sbatch(self, argv: tuple[str, ...]) -> CommandResult:
+        failed = self._failure(argv)
+        if failed:
+            return failed
         job_id = str(self._next_id)
         self._next_id += 1
         log_root = next(arg.split("=", 1)[1] for arg in argv if arg.startswith("--output="))
@@ -212,6 +216,9 @@ class FakeSlurm:
         return CommandResult(argv, 0, f"{job.state}\n", "")
 
     def _cmd_scancel(self, argv: tuple[str, ...]) -> CommandResult:
+        failed = self._failure(argv)
+        if failed:
+            return failed
         job = self.jobs.get(argv[1])
         if job is not None and not job.purged:
             self._scancel(job)

@@ -190,3 +190,18 @@ def test_api_submit_records_the_job_under_its_host(slurm: FakeSlurm, clock: Fake
     sbatch = slurm.jobs["47"].argv
     assert sbatch[sbatch.index("--") + 1:] == ("--model-path", "m", "--tp", "2")
     assert api.wait_ready(record, transport=slurm, clock=clock).status is JobStatus.READY
+
+
+def test_slurm_refusing_a_request_is_the_clusters_error_or_the_users(
+        slurm: FakeSlurm, clock: FakeClock) -> None:
+    record = _submit(slurm)
+    slurm.fail("scancel", 1, "scancel: error: Kill job error on job id 47: Access denied\n")
+    with pytest.raises(api.ClusterError, match=r"scancel failed \(exit 1\): .*Access denied"):
+        api.cancel(record, transport=slurm, clock=clock)
+    slurm.fail("sbatch", 1, "sbatch: error: Batch job submission failed: Invalid partition\n")
+    with pytest.raises(api.UserInputError, match="sbatch on login refused the job: Batch job "
+                       "submission failed: Invalid partition"):
+        _submit(slurm)
+    slurm.fail("sbatch", 1, "", code=0)
+    with pytest.raises(api.ClusterError, match="sbatch on login answered '', not a job id"):
+        _submit(slurm)
