@@ -2,8 +2,8 @@
 data; each result has ``to_dict`` (what ``--json`` prints) and a text form. Usable from
 notebooks and scripts (docs/python-api.md).
 
-The job's life (view, follow, logs, metrics, tunnel, cancel) lives in control.py and is
-exported from here.
+The job's life (view, follow, logs, metrics, tunnel, cancel) lives in control.py, its results
+in views.py; both are exported from here.
 """
 
 from __future__ import annotations
@@ -15,15 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 from slurm_sglang.bench_job import bench
 from slurm_sglang.control import (
-    Cancelled,
-    Endpoint,
-    Frame,
-    JobList,
-    JobView,
-    MetricsFrame,
-    MetricsView,
-    StatusFrame,
-    TunnelEnd,
     cancel,
     check_job_files,
     endpoint,
@@ -36,7 +27,6 @@ from slurm_sglang.control import (
     logs,
     metrics,
     open_transport,
-    phase_printer,
     tunnel,
     wait_ready,
     watch,
@@ -56,6 +46,18 @@ from slurm_sglang.serve_check import (
     CheckReport,
     check,
     with_parser_verdicts,
+)
+from slurm_sglang.views import (
+    Cancelled,
+    Endpoint,
+    Frame,
+    JobList,
+    JobView,
+    MetricsFrame,
+    MetricsView,
+    StatusFrame,
+    TunnelEnd,
+    phase_printer,
 )
 
 # spec and plan build pydantic models at import: `render` needs neither, so they load on use.
