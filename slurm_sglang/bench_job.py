@@ -16,10 +16,10 @@ from slurm_sglang.jobs import JobStatus, find_record
 
 if TYPE_CHECKING:
     from slurm_sglang.bench import BenchReport, BenchSettings, Runner
-    from slurm_sglang.control import JobView
     from slurm_sglang.in_job import JobPlace
     from slurm_sglang.transport import Transport
     from slurm_sglang.transport.base import CommandResult
+    from slurm_sglang.views import JobView
 
 
 def bench(

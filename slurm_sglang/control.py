@@ -21,7 +21,6 @@ from slurm_sglang.jobs import (
     read_progress,
     status_of,
 )
-from slurm_sglang.metrics import read_all
 from slurm_sglang.scheduler import (
     DEFAULT_BACKOFF,
     SYSTEM_CLOCK,
@@ -30,9 +29,6 @@ from slurm_sglang.scheduler import (
     cancel_job,
     read_queue,
 )
-
-# transport.base, not transport: the SSH side (paramiko) loads only when a job is remote.
-from slurm_sglang.transport.base import FileMissingError, Transport
 from slurm_sglang.views import (
     Cancelled,
     Endpoint,
@@ -44,8 +40,10 @@ from slurm_sglang.views import (
     TunnelEnd,
 )
 
+# The transport package (and paramiko, for a remote job) loads when a job is asked about, not
+# when the CLI starts: `render` and `check` need none of it.
 if TYPE_CHECKING:
-    from slurm_sglang.transport import Tunnel
+    from slurm_sglang.transport import Transport, Tunnel
 
 # How often an open tunnel checks that its job still serves.
 TUNNEL_CHECK_SECONDS = 5.0
@@ -140,6 +138,8 @@ def check_job_files(transport: Transport, log_dir: str, names: Sequence[str]) ->
 
 def read_optional(transport: Transport, path: str) -> str | None:
     """The file's text, or None when it does not exist."""
+    from slurm_sglang.transport.base import FileMissingError
+
     try:
         return transport.read_text(path)
     except FileMissingError:
@@ -246,6 +246,8 @@ def metrics(record: JobRecord, transport: Transport | None = None, *,
             clock: Clock = SYSTEM_CLOCK) -> MetricsView:
     """Read every metrics endpoint of a ready job (its servers' and its router's), with curl
     where the job's files are; a target that does not answer is a reading with its error."""
+    from slurm_sglang.metrics import read_all
+
     with _transport(record, transport) as where:
         view = job_view(record, where, clock=clock)
         if view.status is not JobStatus.READY or not view.endpoint:

@@ -11,11 +11,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from slurm_sglang.errors import ClusterError
 from slurm_sglang.jobs import QUEUE_UNREACHABLE, QueueReading
-from slurm_sglang.transport.base import Transport, raise_for_result
+
+# The transport package loads when a command runs, not when the CLI starts (`render`).
+if TYPE_CHECKING:
+    from slurm_sglang.transport.base import Transport
 
 __all__ = [
     "DEFAULT_BACKOFF",
@@ -141,6 +144,8 @@ def queue_state(transport: Transport, job_id: str) -> str | None:
 def cancel_job(transport: Transport, job_id: str) -> None:
     """scancel the job; SLURM signals every step, whose node traps remove the containers.
     A job SLURM no longer knows is already ended; another refusal is a ClusterError."""
+    from slurm_sglang.transport.base import raise_for_result
+
     result = transport.run(["scancel", job_id], check=False)
     if result.returncode == 127:
         raise_for_result(result, transport.describe())

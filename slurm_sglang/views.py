@@ -6,11 +6,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from slurm_sglang.jobs import JobProgress, JobRecord, JobStatus, QueueReading
-from slurm_sglang.metrics import TargetReading, table
 from slurm_sglang.scheduler import SYSTEM_CLOCK, Clock
+
+if TYPE_CHECKING:
+    from slurm_sglang.metrics import TargetReading
 
 __all__ = [
     "Cancelled",
@@ -242,6 +244,8 @@ class MetricsView:
     def text(self) -> str:
         """The metrics table, or why there is none."""
         view = self.view
+        from slurm_sglang.metrics import table
+
         if view.status is not JobStatus.READY:
             return f"job {view.record.ref} is {view.status.value} ({view.phase}): no metrics yet"
         return table(self.readings)
