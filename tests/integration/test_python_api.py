@@ -42,6 +42,11 @@ def test_the_notebook_session_submits_waits_queries_and_cancels(
             for cell in cells:
                 exec(cell, namespace)
         finally:
+            # The client's pooled connection to the head would outlive the test (and show up in
+            # test_remote's check of who holds connections to a head).
+            client = namespace.get("client")
+            if client is not None:
+                client.close()  # type: ignore[attr-defined]
             job = namespace.get("job")
             job_id = getattr(job, "job_id", "")
             if job_id and "cancelled" not in namespace:
