@@ -7,6 +7,7 @@ client's argv, reads the JSONL the client writes and judges it. It never sends a
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import importlib.util
 import json
@@ -16,7 +17,7 @@ import shlex
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -37,22 +38,77 @@ SEED_NUM_PROMPTS = 100
 SEED_SEED = 42
 
 
+def _flag(flag: str, text: str, metavar: str | None = None, parse: str = "") -> dict[str, str]:
+    """A setting's command-line option: its flag, help, metavar and how its text is read."""
+    return {"flag": flag, "help": text, "metavar": metavar or "", "parse": parse}
+
+
 @dataclass(frozen=True)
 class BenchSettings:
-    """What the user overrides; None keeps the seed's value for each type."""
+    """What the user overrides; None keeps the seed's value for each type. Each field's
+    metadata is its `bench` option (add_settings_arguments, settings_from)."""
 
-    num_prompts: int | None = None
-    input_lens: tuple[int, ...] | None = None
-    output_lens: tuple[int, ...] | None = None
-    request_rates: tuple[float, ...] | None = None
-    concurrencies: tuple[int, ...] | None = None
-    range_ratio: float | None = None
-    dataset_path: str | None = None
-    backend: str = "sglang"
-    model: str | None = None
-    tokenizer: str | None = None
-    seed: int = SEED_SEED
-    warmup_requests: int | None = None
+    num_prompts: int | None = field(default=None, metadata=_flag(
+        "--num-prompts", "requests per run (100)", parse="int"))
+    input_lens: tuple[int, ...] | None = field(default=None, metadata=_flag(
+        "--input-len", "input tokens, a sweep", "N[,N...]", "ints"))
+    output_lens: tuple[int, ...] | None = field(default=None, metadata=_flag(
+        "--output-len", "output tokens, a sweep", "N[,N...]", "ints"))
+    request_rates: tuple[float, ...] | None = field(default=None, metadata=_flag(
+        "--request-rate", "requests/s (inf: all at once)", "R[,R...]", "rates"))
+    concurrencies: tuple[int, ...] | None = field(default=None, metadata=_flag(
+        "--concurrency", "max concurrency sweep (concurrency type: 1,4,16,64,256)", "C[,C...]",
+        "ints"))
+    range_ratio: float | None = field(default=None, metadata=_flag(
+        "--range-ratio", "random lengths in [ratio*N, N] (sglang's default 0; 1: exact)",
+        parse="float"))
+    dataset_path: str | None = field(default=None, metadata=_flag(
+        "--dataset-path", "a local ShareGPT JSON (needed by sharegpt; nodes have no internet)",
+        "FILE"))
+    backend: str = field(default="sglang", metadata=_flag(
+        "--backend", "sglang (/generate), sglang-oai, sglang-oai-chat"))
+    model: str | None = field(default=None, metadata=_flag(
+        "--model", "model name (default: the first of /v1/models)"))
+    tokenizer: str | None = field(default=None, metadata=_flag(
+        "--tokenizer", "a local tokenizer directory", "DIR"))
+    seed: int = field(default=SEED_SEED, metadata=_flag(
+        "--seed", "sampling seed (42, the seed's)", parse="int"))
+    warmup_requests: int | None = field(default=None, metadata=_flag(
+        "--warmup-requests", "sglang's warm-up requests (1)", parse="int"))
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one option per BenchSettings field, as written in its metadata (read as text;
+    settings_from turns the text into values)."""
+    for item in fields(BenchSettings):
+        meta = item.metadata
+        parser.add_argument(meta["flag"], dest=item.name, metavar=meta["metavar"] or None,
+                            help=meta["help"])
+
+
+def settings_from(given: Mapping[str, object]) -> BenchSettings:
+    """BenchSettings from the options' texts (absent or None: the default); a bad value is one
+    UserInputError naming its flag."""
+    values: dict[str, Any] = {}
+    for item in fields(BenchSettings):
+        text, meta = given.get(item.name), item.metadata
+        if text is None:
+            continue
+        if meta["parse"] == "ints":
+            values[item.name] = parse_ints(str(text), meta["flag"])
+        elif meta["parse"] == "rates":
+            values[item.name] = parse_rates(str(text))
+        elif meta["parse"] in ("int", "float"):
+            try:
+                values[item.name] = int(str(text)) if meta["parse"] == "int" else float(str(text))
+            except ValueError:
+                raise UserInputError(f"{meta['flag']}: {text!r} is not a {meta['parse']} "
+                                     "number") from None
+        else:
+            values[item.name] = text
+    if (values.get("num_prompts") or 1) < 1:
+        raise UserInputError(f"--num-prompts: must be at least 1, got {values['num_prompts']}")
+    return BenchSettings(**values)
 
 
 @dataclass(frozen=True)
@@ -440,6 +496,48 @@ class BenchReport:
                      f"against {self.url}")
         return "\n".join(lines)
 
+    def text(self) -> str:
+        """The tables, then where the files went (the results, and any plot)."""
+        text = self.format_table()
+        if self.files:
+            text += f"\nfiles: {self.files[0]}" + "".join(
+                f"\n       {path}" for path in self.files[1:] if path.endswith(".png"))
+        return text
+
+
+def parse_types(given: Sequence[str] | None) -> list[str]:
+    """--type values (repeatable, comma-separated; "all": every type) as a list of types."""
+    types = [name for item in given or ["throughput"] for name in item.split(",") if name]
+    return list(BENCH_TYPES) if "all" in types else types
+
+
+def parse_ints(text: str | None, name: str) -> tuple[int, ...] | None:
+    """A comma-separated sweep of whole numbers from 1 (None when not given)."""
+    if not text:
+        return None
+    try:
+        values = tuple(int(item) for item in text.split(",") if item.strip())
+    except ValueError:
+        raise UserInputError(f"{name}: {text!r} is not a comma-separated list of whole "
+                             "numbers") from None
+    if not values or min(values) < 1:
+        raise UserInputError(f"{name}: every value must be at least 1, got {text!r}")
+    return values
+
+
+def parse_rates(text: str | None) -> tuple[float, ...] | None:
+    """--request-rate: a comma-separated sweep of rates above 0, inf for all at once."""
+    if not text:
+        return None
+    try:
+        values = tuple(float(item) for item in text.split(",") if item.strip())
+    except ValueError:
+        raise UserInputError(f"--request-rate: {text!r} is not a comma-separated list of "
+                             "numbers or inf") from None
+    if not values or min(values) <= 0:
+        raise UserInputError(f"--request-rate: every rate must be above 0, got {text!r}")
+    return values
+
 
 _COLUMNS = (("TTFT ms", "ttft"), ("ITL ms", "itl"), ("TPOT ms", "tpot"))
 
@@ -603,3 +701,40 @@ def compare_summaries(first: Mapping[str, Any], second: Mapping[str, Any]) -> st
                                                                           strict=True)).rstrip())
     lines.append("lower is better for the latencies (ms), higher for tok/s and req/s")
     return "\n".join(lines)
+
+
+def read_api_key(path: str | None, environ: Mapping[str, str]) -> str | None:
+    """The server's API key: from path (a file of the user's alone), else environ's
+    SLURM_SGLANG_API_KEY; None without either."""
+    if not path:
+        return environ.get("SLURM_SGLANG_API_KEY") or None
+    try:
+        mode = Path(path).stat().st_mode & 0o777
+        key = Path(path).read_text().strip()
+    except OSError as error:
+        raise UserInputError(f"--api-key-file: cannot read {path}: {error.strerror}") from None
+    if mode & 0o077:
+        raise UserInputError(f"--api-key-file: {path} is readable by group or others (mode "
+                             f"{mode:o}): chmod 600 {path}")
+    if not key:
+        raise UserInputError(f"--api-key-file: {path} is empty")
+    return key
+
+
+def parse_assignments(items: Sequence[str] | None, name: str) -> dict[str, str]:
+    """NAME=VALUE options (repeatable) as a dict; anything else is one UserInputError."""
+    found: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise UserInputError(f"{name}: {item!r} is not NAME=VALUE")
+        found[key] = value
+    return found
+
+
+def compare_files(reports: Sequence[str]) -> str:
+    """`bench compare A B`: two runs' summaries side by side."""
+    if len(reports) != 2:
+        raise UserInputError("bench compare: give two reports, bench compare A.json B.json")
+    return compare_summaries(load_summary(Path(reports[0])), load_summary(Path(reports[1])))
+

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from slurm_sglang.errors import UserInputError
+from slurm_sglang.errors import JobError, UserInputError
 from slurm_sglang.profile import ClusterProfile
 
 DEFAULT_TARBALL = "sglang-serve-latest.tar.gz"
@@ -26,7 +26,7 @@ _INSTEAD = {
 }
 
 
-class ImageError(RuntimeError):
+class ImageError(JobError):
     """The container CLI or the compressor failed; the message has its last words."""
 
 
@@ -49,6 +49,18 @@ class SavedImage:
                 "image_id": self.image_id, "reference": self.reference,
                 "container_cli": self.container_cli, "compressor": self.compressor,
                 "pulled": self.pulled, "seconds": round(self.seconds, 3)}
+
+    def text(self) -> str:
+        """What `image save` prints: the file, its size, the image ID, how it was made."""
+        return "\n".join([
+            f"wrote {self.path}",
+            f"  size:     {human_size(self.size_bytes)} ({self.size_bytes} bytes)",
+            f"  image ID: {self.image_id}",
+            f"  from:     {self.reference} ({self.container_cli} save"
+            f"{'' if self.compressor == 'none' else ' | ' + self.compressor}"
+            f"{', pulled' if self.pulled else ''}, {self.seconds:.1f} s)",
+            f"  use it:   bash sbatch/run.sbatch --image {self.path} ...",
+        ])
 
 
 def compression_for(output: Path) -> str:

@@ -198,9 +198,37 @@ def _size(count: int) -> str:
     return f"{count / 2**30:.1f} GiB" if count >= 2**30 else f"{count / 2**20:.1f} MiB"
 
 
+# What squeue and sacct say of a job, as read by scheduler.py (I/O there, folding here).
+QUEUE_UNREACHABLE = "UNREACHABLE"
+
+
+@dataclass(frozen=True)
+class QueueReading:
+    """SLURM's word on a job: from squeue while queued or running, from sacct once it left.
+
+    state is SLURM's state (PENDING, RUNNING, COMPLETED, ...) or None when SLURM no longer knows
+    the job; error is set when squeue or sacct gave no answer, and the state is then unknown.
+    """
+
+    state: str | None
+    source: str = "squeue"  # squeue, sacct, or none (left the queue, no accounting)
+    exit_code: str = ""  # sacct's ExitCode, e.g. "1:0" (code:signal)
+    reason: str = ""  # sacct's Reason, e.g. NodeFail
+    error: str = ""
+
+    @property
+    def known(self) -> bool:
+        """False when SLURM could not be asked: the job may run or not."""
+        return not self.error
+
+
 def status_from(queue_state: str | None, state_word: str | None) -> JobStatus:
-    """Combine SLURM's queue state (None: squeue no longer lists it) with the job's own state."""
+    """Combine SLURM's queue state (None: squeue no longer lists it) with the job's own state.
+
+    QUEUE_UNREACHABLE (squeue gave no answer) is UNKNOWN: never 'stopped' on a guess."""
     own = _STATE_WORDS.get((state_word or "").strip())
+    if queue_state == QUEUE_UNREACHABLE:
+        return JobStatus.UNKNOWN
     if queue_state is None:
         # A job squeue has forgotten runs nowhere, whatever its last written state says.
         if own is None:
@@ -219,6 +247,19 @@ def status_from(queue_state: str | None, state_word: str | None) -> JobStatus:
     return JobStatus.UNKNOWN
 
 
+def status_of(reading: QueueReading, state_word: str | None) -> JobStatus:
+    """The job's status from SLURM's reading and its own state file; UNKNOWN when SLURM did not
+    answer. sacct's final state wins over a live word the job left behind (a node that died)."""
+    if not reading.known:
+        return JobStatus.UNKNOWN
+    if reading.source == "sacct" and reading.state is not None:
+        own = _STATE_WORDS.get((state_word or "").strip())
+        ended = _QUEUE_STATES.get(reading.state.split(" ")[0])
+        if ended is not None and ended.finished:
+            return own if own is not None and own.finished else ended
+    return status_from(reading.state, state_word)
+
+
 @dataclass
 class JobRecord:
     """What we remember of a submitted job, kept in the state directory."""
@@ -232,6 +273,17 @@ class JobRecord:
     host: str = ""
     driver_log: str = ""
     name: str = "sglang"
+
+    @property
+    def ref(self) -> str:
+        """The id shown and accepted everywhere: JOB for a local job, HOST:JOB for a remote one
+        (a local 47 and a 47 on a login node are different jobs)."""
+        return f"{self.host}:{self.job_id}" if self.host else self.job_id
+
+    def to_dict(self) -> dict[str, object]:
+        """The record as `list --json` prints it."""
+        return {"id": self.ref, "job_id": self.job_id, "host": self.host or "local",
+                "cluster": self.cluster, "submitted_at": self.submitted_at, "name": self.name}
 
     def to_json(self) -> str:
         """The record as JSON text."""
@@ -274,7 +326,8 @@ def list_records() -> list[JobRecord]:
 
 
 def find_record(job: str | None) -> JobRecord:
-    """The record of ``job`` (an id), or the most recent one when ``job`` is None."""
+    """The record of ``job`` (JOB, or HOST:JOB with "local" for this machine), or the most
+    recent one when ``job`` is None. A plain JOB that two hosts share is refused as ambiguous."""
     from slurm_sglang.errors import UserInputError
 
     records = list_records()
@@ -282,8 +335,17 @@ def find_record(job: str | None) -> JobRecord:
         raise UserInputError("no jobs recorded yet: submit one with python -m slurm_sglang submit")
     if job is None:
         return records[0]
-    for record in records:
-        if record.job_id == job:
-            return record
-    known = ", ".join(record.job_id for record in records[:10])
+    host, _, job_id = job.rpartition(":")
+    found = [record for record in records if record.job_id == job_id
+             and (not host or (record.host or "local") == host or record.host == host)]
+    if len(found) == 1:
+        return found[0]
+    if found:
+        both = ", ".join(_qualified(record) for record in found)
+        raise UserInputError(f"job {job}: more than one host has it ({both}); give HOST:JOB")
+    known = ", ".join(record.ref for record in records[:10])
     raise UserInputError(f"job {job}: not recorded here (recent: {known})")
+
+
+def _qualified(record: JobRecord) -> str:
+    return f"{record.host or 'local'}:{record.job_id}"

@@ -24,8 +24,21 @@ REGENERATE_HINT = (
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 
 
-class UserInputError(ValueError):
+class SlurmSglangError(Exception):
+    """The base of every error slurm-sglang reports as one line; the kinds live in errors.py.
+
+    Defined here because this file also runs alone beside the script, outside the package:
+    its rules raise the same classes everywhere. exit_code is the CLI's exit status."""
+
+    exit_code = 1
+    kind = "error"
+
+
+class UserInputError(SlurmSglangError, ValueError):
     """Input a user can fix: the message names the field and the fix (exit code 2)."""
+
+    exit_code = 2
+    kind = "user input"
 
 
 class SpecError(UserInputError):
@@ -383,8 +396,12 @@ class RewriteResult(NamedTuple):
 
 def rewrite_argv(argv: Sequence[str], target_version: str = LATEST_KNOWN) -> RewriteResult:
     """Rewrite old sglang spellings for the target version; every other byte stays as it was."""
+    return _rewrite(argv, parse_options(argv, target_version), target_version)
+
+
+def _rewrite(argv: Sequence[str], parsed: Sequence[ParsedOption], target_version: str
+             ) -> RewriteResult:
     renames = renames_for(target_version)
-    parsed = parse_options(argv, target_version)
     replacements: Dict[int, List[str]] = {}
     notes: List[str] = []
 
@@ -426,6 +443,43 @@ def rewrite_argv(argv: Sequence[str], target_version: str = LATEST_KNOWN) -> Rew
     for index, token in enumerate(argv):
         rewritten.extend(replacements.get(index, [token]))
     return RewriteResult(tuple(rewritten), tuple(notes))
+
+
+class SglangArgv(NamedTuple):
+    """sglang's argv read once: old spellings rewritten for the target version, then every
+    option resolved as argparse resolves it. Every rule below (and check, spec and the plan)
+    reads this one form; read_argv makes it."""
+
+    argv: Tuple[str, ...]
+    version: str
+    options: Tuple[ParsedOption, ...]
+    notes: Tuple[str, ...] = ()
+
+    def last(self, dest: str) -> Optional[Tuple[ParsedOption, Tuple[str, ...]]]:
+        """The option argparse keeps for a dest (the last given) and its values as written."""
+        return _last_values(self.options, self.argv, dest)
+
+    @property
+    def model_path(self) -> str:
+        """The model path or hub id given with --model-path (any spelling), else ''."""
+        kept = self.last(MODEL_DEST)
+        return kept[1][0] if kept and kept[1] else ""
+
+
+def read_argv(argv: Sequence[str], version: str = LATEST_KNOWN) -> SglangArgv:
+    """Read an sglang argv once: rewrite old spellings, resolve every option. The argv is read
+    a second time only when a rewrite moved its tokens."""
+    parsed = parse_options(argv, version)
+    rewritten = _rewrite(argv, parsed, version)
+    if rewritten.argv != tuple(argv):
+        parsed = parse_options(rewritten.argv, version)
+    return SglangArgv(rewritten.argv, version, tuple(parsed), rewritten.notes)
+
+
+def read_as_written(argv: Sequence[str], version: str) -> SglangArgv:
+    """An argv read as written, without rewriting old spellings (the rules' argv-taking
+    entry points, for callers that hold a plain argv)."""
+    return SglangArgv(tuple(argv), version, tuple(parse_options(argv, version)))
 
 
 # ---- the launcher's rules on sglang's argv ---------------------------------------------------
@@ -489,6 +543,12 @@ def _dest_flag(dest: str, version: str) -> str:
 
 def validate_argv(argv: Sequence[str], version: str = LATEST_KNOWN) -> None:
     """Refuse what the launcher owns or must never see (any spelling argparse accepts)."""
+    check_argv(read_as_written(argv, version))
+
+
+def check_argv(read: SglangArgv) -> None:
+    """validate_argv on an argv read once."""
+    argv, version = read.argv, read.version
     for position, arg in enumerate(argv, 1):
         if "\n" in arg or "\r" in arg or "\0" in arg:
             raise SpecError(
@@ -497,7 +557,7 @@ def validate_argv(argv: Sequence[str], version: str = LATEST_KNOWN) -> None:
     reserved = {_dest_flag(flag[2:].replace("-", "_"), version): flag for flag in RESERVED_FLAGS}
     secret = {_dest_flag(flag[2:].replace("-", "_"), version): flag for flag in SECRET_FLAGS}
     found_model = False
-    for option in parse_options(argv, version):
+    for option in read.options:
         spec = option.spec
         if spec is None:
             continue
@@ -521,8 +581,7 @@ def validate_argv(argv: Sequence[str], version: str = LATEST_KNOWN) -> None:
 
 def model_path(argv: Sequence[str], version: str = LATEST_KNOWN) -> str:
     """The model path or hub id given with --model-path (any spelling), else ''."""
-    kept = _last_values(parse_options(argv, version), argv, MODEL_DEST)
-    return kept[1][0] if kept and kept[1] else ""
+    return read_as_written(argv, version).model_path
 
 
 # A hub id as sglang takes it (org/name): neither a path that starts like one nor one that exists.
@@ -592,14 +651,17 @@ def _size(option: ParsedOption, values: Tuple[str, ...]) -> int:
 def parse_parallelism(argv: Sequence[str], version: str = LATEST_KNOWN) -> Parallelism:
     """Read tp/pp/dp/ep and attention DP from sglang arguments, in any spelling."""
     # The seed's spellings (--pp) count as what they are rewritten to.
-    argv = rewrite_argv(argv, version).argv
-    parsed = parse_options(argv, version)
+    return parallelism_of(read_argv(argv, version))
+
+
+def parallelism_of(read: SglangArgv) -> Parallelism:
+    """parse_parallelism on an argv read once."""
     sizes: Dict[str, int] = {}
     for key, dest, _ in PARALLEL_DESTS:
-        kept = _last_values(parsed, argv, dest)
+        kept = read.last(dest)
         sizes[key] = _size(*kept) if kept else 1
-    attention = _last_values(parsed, argv, DP_ATTENTION_DEST) is not None
-    attn_dp = _last_values(parsed, argv, "attn_dp_size")
+    attention = read.last(DP_ATTENTION_DEST) is not None
+    attn_dp = read.last("attn_dp_size")
     # A dedicated attention-DP size above 1 is attention DP, with or without the switch.
     attention = attention or bool(attn_dp and _size(*attn_dp) > 1)
     return Parallelism(sizes["tp"], sizes["pp"], sizes["dp"], sizes["ep"], attention)
@@ -612,9 +674,15 @@ def server_argv(argv: Sequence[str], replicas: bool, version: str = LATEST_KNOWN
                 ) -> Tuple[str, ...]:
     """A server's sglang arguments: with replicas each is a server of dp 1, so --dp goes;
     every server gets --enable-metrics unless the user gave it (in any spelling)."""
+    return server_argv_of(read_as_written(argv, version), replicas)
+
+
+def server_argv_of(read: SglangArgv, replicas: bool) -> Tuple[str, ...]:
+    """server_argv on an argv read once."""
+    argv, version = read.argv, read.version
     dropped: Set[int] = set()
     metrics = False
-    for option in parse_options(argv, version):
+    for option in read.options:
         if option.spec is None:
             continue
         metrics = metrics or option.spec.dest == METRICS_DEST
@@ -1018,11 +1086,13 @@ class Launch(NamedTuple):
     staged_model: str = ""
 
 
-def launch(request: LaunchRequest) -> Launch:
-    """Validate, rewrite and place a request: every rule the script applies, in one call."""
-    rewritten = rewrite_argv(request.argv, request.version)
-    validate_argv(rewritten.argv, request.version)
-    par = parse_parallelism(rewritten.argv, request.version)
+def launch(request: LaunchRequest, read: Optional[SglangArgv] = None) -> Launch:
+    """Validate, rewrite and place a request: every rule the script applies, in one call.
+    read is request.argv already read (read_argv); without it, it is read here, once."""
+    if read is None:
+        read = read_argv(request.argv, request.version)
+    check_argv(read)
+    par = parallelism_of(read)
     problems = check_parallelism(par, request.nodes, request.gpus_per_node)
     if problems:
         raise PlanError(problems[0])
@@ -1033,14 +1103,14 @@ def launch(request: LaunchRequest) -> Launch:
             raise PlanError("--min-replicas {} is more than the {} replicas of --dp {}".format(
                 min_replicas, par.dp, par.dp))
         _check_router_source(request, par)
-    model = model_path(rewritten.argv, request.version)
-    served = server_argv(rewritten.argv, placed.router, request.version)
+    model = read.model_path
+    served = server_argv_of(read, placed.router)
     staged = staged_path(request.stage_root, model) if request.stage_root else ""
     if staged:
         # The ranks read the node's copy; MODEL_PATH stays the source the script stages from.
         served = with_model_path(served, staged, request.version)
-    return Launch(rewritten.argv, served, model, par, placed, min_replicas or len(placed.replicas),
-                  rewritten.notes, staged)
+    return Launch(read.argv, served, model, par, placed, min_replicas or len(placed.replicas),
+                  read.notes, staged)
 
 
 def _check_router_source(request: LaunchRequest, par: Parallelism) -> None:
@@ -1142,9 +1212,9 @@ def main(argv: Sequence[str]) -> int:
             stage_root=_str_option(options, "--stage-root", ""),
         )
         if mode == "argv":
-            rewritten = rewrite_argv(request.argv, request.version).argv
-            validate_argv(rewritten, request.version)
-            parse_parallelism(rewritten, request.version)
+            read = read_argv(request.argv, request.version)
+            check_argv(read)
+            parallelism_of(read)
             return 0
         result = launch(request)
     except UserInputError as exc:

@@ -12,8 +12,8 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from slurm_sglang.profile import load_profile
-from slurm_sglang.render import render_script, write_script
+from slurm_sglang.profile import ClusterProfile
+from slurm_sglang.render import BUILTIN_TEMPLATES, TemplateSettings, render_script, write_script
 
 ONLY_FLAG = "--preflight-nccl-only"
 
@@ -23,9 +23,10 @@ def preflight_command(script: Path, script_args: Sequence[str]) -> list[str]:
     return ["bash", str(script), ONLY_FLAG, *script_args]
 
 
-def run_nccl_preflight(cluster: str, script_args: Sequence[str] = ()) -> int:
+def run_nccl_preflight(profile: ClusterProfile, script_args: Sequence[str] = (),
+                       templates: TemplateSettings = BUILTIN_TEMPLATES) -> int:
     """Render the profile's script, run its NCCL check over the allocation; its exit code."""
-    text = render_script(load_profile(cluster))
+    text = render_script(profile, None, templates)
     with tempfile.TemporaryDirectory(prefix="slurm-sglang-preflight.") as directory:
         script = Path(directory) / "run.sbatch"
         write_script(text, script)

@@ -13,6 +13,7 @@ import math
 import os
 import shlex
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -20,6 +21,7 @@ from pathlib import Path
 import jinja2
 
 from slurm_sglang import __version__
+from slurm_sglang.errors import UserInputError
 from slurm_sglang.launch_plan import LATEST_KNOWN
 from slurm_sglang.profile import (
     ClusterProfile,
@@ -50,8 +52,9 @@ RUNTIME_PARTIALS = {
 }
 
 
-class RenderError(RuntimeError):
-    """A template that cannot be rendered (missing partial, undefined value)."""
+class RenderError(UserInputError):
+    """A template that cannot be rendered (missing partial, undefined value): the profile's or
+    the override directory's templates, or an install without the built-in ones."""
 
 
 @dataclass(frozen=True)
@@ -175,19 +178,43 @@ def builtin_template_dir() -> Path:
     return folder
 
 
-def template_search_path(profile: ClusterProfile) -> list[Path]:
-    """Admin override directories first (profile, then environment), built-ins last."""
+@dataclass(frozen=True)
+class TemplateSettings:
+    """Where templates come from besides the profile, and where compiled ones are kept.
+
+    Passed to the renderer explicitly: it reads no environment. override_dirs come after the
+    profile's template_dir and before the built-ins; cache_dir None keeps nothing on disk."""
+
+    override_dirs: tuple[Path, ...] = ()
+    cache_dir: Path | None = None
+
+
+# The built-in templates (and the profile's template_dir) only, nothing cached on disk.
+BUILTIN_TEMPLATES = TemplateSettings()
+
+
+def template_settings_from(environ: Mapping[str, str], home: Path) -> TemplateSettings:
+    """The settings the CLI reads from its environment: SLURM_SGLANG_TEMPLATE_DIR (colon-
+    separated override directories) and the cache under $XDG_CACHE_HOME, else HOME/.cache."""
+    overrides = tuple(Path(part).expanduser()
+                      for part in environ.get(TEMPLATE_DIR_ENV, "").split(os.pathsep) if part)
+    cache_home = Path(environ.get("XDG_CACHE_HOME") or home / ".cache")
+    return TemplateSettings(overrides, cache_home / "slurm-sglang" / "jinja")
+
+
+def template_search_path(profile: ClusterProfile,
+                         settings: TemplateSettings = BUILTIN_TEMPLATES) -> list[Path]:
+    """Admin override directories first (the profile's, then the settings'), built-ins last."""
     paths: list[Path] = []
     if profile.template_dir:
         paths.append(Path(profile.template_dir).expanduser())
-    env_dir = os.environ.get(TEMPLATE_DIR_ENV, "")
-    if env_dir:
-        paths.extend(Path(part).expanduser() for part in env_dir.split(os.pathsep) if part)
+    paths.extend(settings.override_dirs)
     paths.append(builtin_template_dir())
     return paths
 
 
-def make_environment(search_path: list[Path]) -> jinja2.Environment:
+def make_environment(search_path: list[Path], cache_dir: Path | None = None
+                     ) -> jinja2.Environment:
     """One Jinja environment: StrictUndefined, trimmed blocks, and the single quoting filter."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader([str(path) for path in search_path]),
@@ -202,22 +229,25 @@ def make_environment(search_path: list[Path]) -> jinja2.Environment:
     )
     env.filters["q"] = lambda value: shlex.quote(str(value))
     # Compiled templates are kept between runs, keyed by their source's checksum: compiling
-    # the whole script costs more than everything else `render` does.
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "slurm-sglang"
-    with contextlib.suppress(OSError):
-        (cache / "jinja").mkdir(parents=True, exist_ok=True)
-        env.bytecode_cache = jinja2.FileSystemBytecodeCache(str(cache / "jinja"))
+    # the whole script costs more than everything else `render` does. The cache is an
+    # optimisation only: one that cannot be made is skipped.
+    if cache_dir is not None:
+        with contextlib.suppress(OSError):
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            env.bytecode_cache = jinja2.FileSystemBytecodeCache(str(cache_dir))
     return env
 
 
-def render_script(profile: ClusterProfile, nodes: int | None = None) -> str:
-    """Render run.sbatch for this profile."""
-    env = make_environment(template_search_path(profile))
+def render_script(profile: ClusterProfile, nodes: int | None = None,
+                  settings: TemplateSettings = BUILTIN_TEMPLATES) -> str:
+    """Render run.sbatch for this profile: a function of its arguments and the template files."""
+    search = template_search_path(profile, settings)
+    env = make_environment(search, settings.cache_dir)
     try:
         template = env.get_template(MAIN_TEMPLATE)
         text = template.render(ctx=build_context(profile, nodes))
     except jinja2.TemplateNotFound as exc:
-        searched = ", ".join(str(path) for path in template_search_path(profile))
+        searched = ", ".join(str(path) for path in search)
         raise RenderError(f"template {exc.name} not found in {searched}") from exc
     except jinja2.UndefinedError as exc:
         raise RenderError(f"template error: {exc.message}") from exc
@@ -232,8 +262,6 @@ def write_script(text: str, path: Path) -> None:
     without support files; a directory is refused. Renaming a temporary file over /dev/null,
     run as root, once left the machine without its null device.
     """
-    from slurm_sglang.errors import UserInputError
-
     try:
         info: os.stat_result | None = path.stat()
     except FileNotFoundError:
@@ -259,8 +287,6 @@ def write_script(text: str, path: Path) -> None:
 
 def _write_in_place(text: str, path: Path, info: os.stat_result) -> None:
     """Write into an existing device or FIFO, which stays what it is."""
-    from slurm_sglang.errors import UserInputError
-
     flags = os.O_WRONLY
     if stat.S_ISFIFO(info.st_mode):
         # Nobody reading a FIFO would block the render forever: refuse instead.

@@ -19,9 +19,11 @@ from slurm_sglang.launch_plan import (
     ParsedOption,
     Rename,
     RewriteResult,
+    SglangArgv,
     known_versions,
     load_known_flags,
     parse_options,
+    read_as_written,
     renames_for,
     rewrite_argv,
     version_key,
@@ -36,6 +38,7 @@ __all__ = [
     "Rename",
     "RewriteResult",
     "check_known_flags",
+    "flag_problems",
     "known_versions",
     "load_known_flags",
     "parse_options",
@@ -57,10 +60,16 @@ def _rename_hint(spelling: str, version: str) -> str:
 
 def check_known_flags(argv: Sequence[str], version: str = LATEST_KNOWN) -> list[FlagProblem]:
     """Check an sglang argv against the known-flags table of one sglang version, offline."""
+    return flag_problems(read_as_written(argv, version))
+
+
+def flag_problems(read: SglangArgv) -> list[FlagProblem]:
+    """check_known_flags on an argv read once (launch_plan.read_argv)."""
+    version = read.version
     table = load_known_flags(version)
     problems: list[FlagProblem] = []
     seen: dict[str, str] = {}
-    for option in parse_options(argv, version):
+    for option in read.options:
         spelling, index = option.spelling, option.position
         if option.token == "--" or (option.spec is None and not option.token.startswith("-")):
             problems.append(

@@ -79,6 +79,10 @@ class SmokeReport:
                      f"against {self.url} (model {self.model})")
         return "\n".join(lines)
 
+    def text(self) -> str:
+        """What `smoke` prints: the table."""
+        return self.format_table()
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready summary for `--json`."""
         return {

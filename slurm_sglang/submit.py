@@ -16,13 +16,29 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from slurm_sglang.errors import UserInputError
+from slurm_sglang.errors import ClusterError, UserInputError
 from slurm_sglang.jobs import JobRecord
 from slurm_sglang.profile import ClusterProfile, check_name
 from slurm_sglang.transport import Transport
 from slurm_sglang.transport.base import raise_for_result
 
 _TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
+
+
+def job_env(entries: Sequence[str], environ: Mapping[str, str]) -> dict[str, str]:
+    """--env NAME=VALUE entries, or NAME alone for environ's value (tokens stay off command
+    lines), as the job's extra environment."""
+    env: dict[str, str] = {}
+    for entry in entries:
+        name, has_value, value = entry.partition("=")
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise UserInputError(f"--env {entry!r}: {name!r} is not a variable name")
+        if not has_value:
+            if name not in environ:
+                raise UserInputError(f"--env {name}: not set here; pass {name}=VALUE")
+            value = environ[name]
+        env[name] = value
+    return env
 
 
 def time_minutes(text: str) -> int:
@@ -184,13 +200,25 @@ def submit_local(request: SubmitRequest) -> JobRecord:
     command = ServeCommand(["bash", str(script), *request.script_args], slurm.requeue)
     # submitit's pickle, unpickled when the job starts, and the job's directory: the user's only.
     with _environment(request.env), _private_umask():
-        job = executor.submit(command)
+        try:
+            job = executor.submit(command)
+        except submitit.core.utils.FailedJobError as error:
+            # submitit's sbatch call failed; its message is sbatch's stderr.
+            raise sbatch_refusal(str(error), 1) from None
     log_dir = Path(request.workspace) / request.profile.paths.logs / str(job.job_id)
     return JobRecord(
         job_id=str(job.job_id), cluster=request.cluster, log_dir=str(log_dir),
         script=str(script), sglang_args=list(request.script_args), submitted_at=_now(),
         driver_log=str(job.paths.stdout), name=request.job_name,
     )
+
+
+def sbatch_refusal(stderr: str, code: int, where: str = "") -> UserInputError:
+    """sbatch refusing a job (a partition, account, QOS or size the cluster does not allow):
+    the user's input, as one line with sbatch's reason."""
+    reason = (stderr.strip().splitlines() or [f"exit {code}"])[-1]
+    reason = re.sub(r"^(sbatch: )?(error: )?", "", reason)
+    return UserInputError(f"sbatch{where} refused the job: {reason}")
 
 
 def check_own_directory(path: Path) -> None:
@@ -260,37 +288,16 @@ def submit_remote(request: SubmitRequest, transport: Transport, host: str) -> Jo
     result = transport.run(["sbatch", "--parsable", *options, script, *request.script_args],
                            env=request.env or None, check=False)
     if result.returncode not in (0, 127):
-        reason = (result.stderr.strip().splitlines() or [f"exit {result.returncode}"])[-1]
-        reason = re.sub(r"^(sbatch: )?(error: )?", "", reason)
-        raise UserInputError(f"sbatch on {host} refused the job: {reason}")
+        raise sbatch_refusal(result.stderr, result.returncode, f" on {host}")
     raise_for_result(result, host)
     job_id = result.stdout.strip().split(";")[0]
     if not job_id.isdigit():
-        raise RuntimeError(f"sbatch on {host} answered {result.stdout.strip()!r}, not a job id")
+        raise ClusterError(f"sbatch on {host} answered {result.stdout.strip()!r}, not a job id")
     return JobRecord(
         job_id=job_id, cluster=request.cluster, log_dir=f"{log_root}/{job_id}", script=script,
         sglang_args=list(request.script_args), submitted_at=_now(), host=host,
         driver_log=f"{log_root}/slurm-{job_id}.out", name=request.job_name,
     )
-
-
-# squeue gave no answer (slurmctld restarting, the login node unreachable): not "gone".
-QUEUE_UNREACHABLE = "UNREACHABLE"
-
-
-def queue_state(transport: Transport, job_id: str) -> str | None:
-    """SLURM's state of the job (PENDING, RUNNING, ...), None once squeue forgets it, or
-    QUEUE_UNREACHABLE when squeue fails for another reason."""
-    result = transport.run(["squeue", "-h", "-j", job_id, "-o", "%T"], check=False)
-    if result.returncode != 0 and "Invalid job id" not in result.stderr:
-        return QUEUE_UNREACHABLE
-    state = result.stdout.strip()
-    return state.splitlines()[0] if state else None
-
-
-def cancel_job(transport: Transport, job_id: str) -> None:
-    """scancel the job; SLURM signals every step, whose node traps remove the containers."""
-    transport.run(["scancel", job_id])
 
 
 def python_for_nodes() -> str:

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from slurm_sglang.sandbox.cluster import sandbox_status, sandbox_up
+from slurm_sglang.sandbox.host import run
 from slurm_sglang.sandbox.layout import SandboxInfo
 
 REPO_SCRIPT = Path(__file__).resolve().parents[2] / "sbatch" / "run.sbatch"
@@ -89,7 +90,7 @@ def run_demo(nodes: int = 2, timeout: float = 180) -> int:
         return 1
     finally:
         if job_id:
-            subprocess.run(["scancel", job_id], check=False)
+            run(["scancel", job_id], check=False)
         try:
             process.wait(timeout=60)
         except subprocess.TimeoutExpired:

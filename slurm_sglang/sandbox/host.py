@@ -9,6 +9,10 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from slurm_sglang.errors import JobError
+from slurm_sglang.transport.base import CommandResult
+from slurm_sglang.transport.local import run_local
+
 log = logging.getLogger("slurm_sglang.sandbox")
 
 # Command -> Debian package that provides it. Order is the order of the install line.
@@ -40,7 +44,7 @@ HOSTS_FILE = Path("/etc/hosts")
 HOSTS_MARKER = "# slurm-sglang-sandbox"
 
 
-class SandboxError(RuntimeError):
+class SandboxError(JobError):
     """A sandbox step failed; the message says what to do."""
 
 
@@ -64,24 +68,15 @@ def run(
     input_text: str | None = None,
     env: Mapping[str, str] | None = None,
     timeout: float | None = 300,
-) -> subprocess.CompletedProcess[str]:
-    """Run argv, capture its output, and raise CommandError when it fails and check is set."""
-    log.debug("run: %s", subprocess.list2cmdline(list(argv)))
-    try:
-        completed = subprocess.run(
-            list(argv),
-            input=input_text,
-            capture_output=True,
-            text=True,
-            env=dict(env) if env is not None else None,
-            timeout=timeout,
-            check=False,
-        )
-    except FileNotFoundError as error:
-        raise CommandError(argv, 127, "", str(error)) from error
-    if check and completed.returncode != 0:
-        raise CommandError(argv, completed.returncode, completed.stdout, completed.stderr)
-    return completed
+) -> CommandResult:
+    """Run argv through the package's one runner (transport.local.run_local), capture its
+    output, and raise CommandError when it fails and check is set. env is added to this
+    process's environment (only what differs is passed on)."""
+    added = {name: value for name, value in (env or {}).items() if os.environ.get(name) != value}
+    result = run_local(argv, input=input_text, env=added or None, timeout=timeout)
+    if check and result.returncode != 0:
+        raise CommandError(argv, result.returncode, result.stdout, result.stderr)
+    return result
 
 
 def require_root() -> None:

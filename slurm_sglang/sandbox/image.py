@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import tarfile
 import tempfile
 import time
@@ -17,6 +16,7 @@ from typing import Any
 
 from slurm_sglang.sandbox.host import SandboxError, log, run
 from slurm_sglang.sandbox.layout import IMAGE_NAME_IN_SHARED, Layout
+from slurm_sglang.transport.local import run_local_pipeline
 
 DEBIAN_SUITE = "bookworm"
 DEBOOTSTRAP_VARIANT = "minbase"
@@ -327,17 +327,7 @@ def load_command(tarball: Path) -> list[list[str]]:
 
 def run_pipeline(stages: list[list[str]], prefix: list[str] | None = None) -> str:
     """Run stages connected by pipes (the last one optionally wrapped by prefix); its stdout."""
-    first = subprocess.Popen(stages[0], stdout=subprocess.PIPE)
-    last = subprocess.run(
-        [*(prefix or []), *stages[1]],
-        stdin=first.stdout,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if first.stdout is not None:
-        first.stdout.close()
-    first.wait()
-    if first.returncode != 0 or last.returncode != 0:
-        raise SandboxError(f"pipeline failed: {stages}: {last.stderr.strip()}")
-    return last.stdout
+    done = run_local_pipeline(stages[0], [*(prefix or []), *stages[1]])
+    if done.returncode != 0:
+        raise SandboxError(f"pipeline failed: {stages}: {done.stderr.strip()}")
+    return done.stdout

@@ -167,6 +167,10 @@ class SandboxInfo:
         ]
         return "\n".join(lines)
 
+    def text(self) -> str:
+        """What `sandbox up|status` prints: the summary."""
+        return self.summary()
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (paths as strings)."""
         return self.to_json()

@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import os
 import socket
-import subprocess
 import sys
 from collections.abc import Sequence
+
+from slurm_sglang.transport.local import run_local
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -30,7 +31,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def _mount(argv: list[str]) -> None:
-    completed = subprocess.run(argv, capture_output=True, text=True, check=False)
+    completed = run_local(argv)
     if completed.returncode != 0:
         sys.exit(f"node_boot: {' '.join(argv)} failed: {completed.stderr.strip()}")
 

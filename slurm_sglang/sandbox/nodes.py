@@ -6,7 +6,6 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 from slurm_sglang.sandbox.host import SandboxError, run
 from slurm_sglang.sandbox.layout import Layout
 from slurm_sglang.sandbox.network import netns_path
+from slurm_sglang.transport.base import CommandResult
 
 
 def read_pid(pid_file: Path) -> int | None:
@@ -58,7 +58,7 @@ def node_exec(
     check: bool = True,
     timeout: float | None = 300,
     layout: Layout | None = None,
-) -> subprocess.CompletedProcess[str]:
+) -> CommandResult:
     """Run argv inside node (its hostname, address and container storage) and capture output."""
     return run(node_command(node, argv, layout), check=check, timeout=timeout)
 

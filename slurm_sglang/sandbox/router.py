@@ -7,10 +7,10 @@ venv``). CI builds it the same way: ``python -m slurm_sglang.sandbox.router``.
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
+from slurm_sglang.sandbox.host import run
 from slurm_sglang.sandbox.layout import Layout
 
 ROUTER_VERSION = "0.3.2"
@@ -28,7 +28,7 @@ def router_installed(venv: Path) -> bool:
     if not python.exists():
         return False
     code = "from importlib.metadata import version; print(version('sglang-router'))"
-    probe = subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=False)
+    probe = run([str(python), "-c", code], check=False)
     return probe.returncode == 0 and probe.stdout.strip() == ROUTER_VERSION
 
 
@@ -38,9 +38,9 @@ def ensure_router_venv(shared_dir: Path | None = None) -> Path:
     if router_installed(venv):
         return venv
     venv.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-    subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet",
-                    f"sglang-router=={ROUTER_VERSION}"], check=True)
+    run([sys.executable, "-m", "venv", "--clear", str(venv)])
+    run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet",
+         f"sglang-router=={ROUTER_VERSION}"], timeout=900)
     if not router_installed(venv):
         raise RuntimeError(f"sglang-router {ROUTER_VERSION} did not install into {venv}")
     return venv

@@ -6,6 +6,7 @@ Everything that runs a program or touches a file where jobs live goes through a 
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING, Any
 
 from slurm_sglang.transport.base import (
     AuthError,
@@ -31,8 +32,19 @@ from slurm_sglang.transport.base import (
     UnknownHostKeyError,
 )
 from slurm_sglang.transport.local import LocalTransport
-from slurm_sglang.transport.ssh import SSHTransport
 from slurm_sglang.transport.tunnel import Tunnel, open_tunnel
+
+if TYPE_CHECKING:
+    from slurm_sglang.transport.ssh import SSHTransport
+
+
+def __getattr__(name: str) -> Any:
+    # paramiko takes a fifth of a second to import: only a remote job needs it.
+    if name == "SSHTransport":
+        from slurm_sglang.transport.ssh import SSHTransport
+
+        return SSHTransport
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def transport_for(
@@ -48,6 +60,8 @@ def transport_for(
     """LocalTransport when ssh is None, else an SSHTransport to '[user@]host[:port]' or an alias."""
     if ssh is None:
         return LocalTransport()
+    from slurm_sglang.transport.ssh import SSHTransport
+
     return SSHTransport(
         ssh,
         user=user,

@@ -9,6 +9,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+# The base of every error a transport raises (errors.py); its str is one line for the user.
+from slurm_sglang.errors import TransportError as TransportError
+
 # Hints for commands this toolkit runs on a cluster, keyed by program name.
 _MISSING_COMMAND_HINTS = {
     **{
@@ -35,8 +38,6 @@ class CommandResult:
     stderr: str
 
 
-class TransportError(Exception):
-    """Base of every error a transport raises; its str is one line meant for the user."""
 
 
 class CommandError(TransportError):

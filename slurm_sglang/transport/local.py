@@ -24,6 +24,52 @@ from slurm_sglang.transport.base import (
 logger = logging.getLogger("slurm_sglang.transport")
 
 
+def run_local(
+    argv: Sequence[str],
+    *,
+    input: str | None = None,
+    timeout: float | None = None,
+    env: Mapping[str, str] | None = None,
+) -> CommandResult:
+    """The package's one way to run a program here: argv without a shell, output captured,
+    logged; env is added to this process's environment. A missing program is exit 127 with a
+    shell's words; a timeout raises CommandTimeoutError. LocalTransport and the sandbox use it.
+    """
+    argv = tuple(argv)
+    if not argv:
+        raise ValueError("empty command")
+    full_env = None
+    if env:
+        check_env_names(env)
+        full_env = {**os.environ, **env}
+    logger.debug(
+        "local: %s%s", shlex.join(argv), f" (env: {', '.join(sorted(env))})" if env else ""
+    )
+    try:
+        completed = subprocess.run(argv, input=input, capture_output=True, text=True,
+                                   timeout=timeout, env=full_env, check=False)
+    except FileNotFoundError:
+        # The same code and words a shell gives, so callers see one behaviour everywhere.
+        return CommandResult(argv, 127, "", f"{argv[0]}: command not found\n")
+    except subprocess.TimeoutExpired:
+        raise CommandTimeoutError(argv, timeout or 0.0, LocalTransport.where) from None
+    return CommandResult(argv, completed.returncode, completed.stdout, completed.stderr)
+
+
+def run_local_pipeline(first: Sequence[str], second: Sequence[str]) -> CommandResult:
+    """first | second, here, without a shell: second's exit code and output; a failed first
+    stage is reported as second's failure with first's argv (a pipefail)."""
+    logger.debug("local: %s | %s", shlex.join(first), shlex.join(second))
+    head = subprocess.Popen(list(first), stdout=subprocess.PIPE)
+    tail = subprocess.run(list(second), stdin=head.stdout, capture_output=True, text=True,
+                          check=False)
+    if head.stdout is not None:
+        head.stdout.close()
+    if head.wait() != 0 and tail.returncode == 0:
+        return CommandResult(tuple(first), head.returncode, "", f"{first[0]} failed\n")
+    return CommandResult(tuple(second), tail.returncode, tail.stdout, tail.stderr)
+
+
 class LocalTransport:
     """Runs commands and touches files on this machine."""
 
@@ -39,33 +85,7 @@ class LocalTransport:
         env: Mapping[str, str] | None = None,
     ) -> CommandResult:
         """Run argv without a shell; env is added to this process's environment."""
-        argv = tuple(argv)
-        if not argv:
-            raise ValueError("empty command")
-        full_env = None
-        if env:
-            check_env_names(env)
-            full_env = {**os.environ, **env}
-        logger.debug(
-            "local: %s%s", shlex.join(argv), f" (env: {', '.join(sorted(env))})" if env else ""
-        )
-        try:
-            completed = subprocess.run(
-                argv,
-                input=input,
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                env=full_env,
-                check=False,
-            )
-        except FileNotFoundError:
-            # The same code and words a shell gives, so callers see one behaviour everywhere.
-            result = CommandResult(argv, 127, "", f"{argv[0]}: command not found\n")
-        except subprocess.TimeoutExpired:
-            raise CommandTimeoutError(argv, timeout or 0.0, self.where) from None
-        else:
-            result = CommandResult(argv, completed.returncode, completed.stdout, completed.stderr)
+        result = run_local(argv, input=input, timeout=timeout, env=env)
         if check:
             raise_for_result(result, self.where)
         return result

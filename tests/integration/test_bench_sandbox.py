@@ -48,7 +48,8 @@ API_KEY = "bench-sandbox-key-5c1d"
 # 2 ms a token, 20 ms before the first: the stand-in's pace (benchmarks/bench_accuracy.py
 # checks that the client measures it).
 PACE = {"SGLANG_STANDIN_TOKEN_SECONDS": "0.002", "SGLANG_STANDIN_FIRST_TOKEN_SECONDS": "0.02"}
-SUBMITTED = re.compile(r"^submitted job (\d+)", re.M)
+# A job submitted over SSH is named HOST:JOB; the number alone is accepted while unambiguous.
+SUBMITTED = re.compile(r"^submitted job (?:\S+:)?(\d+)", re.M)
 
 
 def _image() -> Path:

@@ -111,7 +111,7 @@ def _submit_argv(sandbox: SandboxInfo, *extra: str) -> list[str]:
 
 def test_unknown_host_key_is_refused(laptop: Laptop, sandbox: SandboxInfo) -> None:
     refused = laptop.cli(*_submit_argv(sandbox))
-    assert refused.returncode == 1
+    assert refused.returncode == 4  # a transport error (errors.py)
     line = refused.stderr.strip()
     assert "\n" not in line and "Traceback" not in line
     assert line.startswith(f"slurm-sglang: unknown host key for [127.0.0.1]:{laptop.server.port} ")
@@ -131,7 +131,8 @@ def remote_job(laptop: Laptop, sandbox: SandboxInfo) -> Iterator[RemoteJob]:
     try:
         assert submitted.returncode == 0, submitted.stderr
         assert "recorded new host key for [127.0.0.1]" in submitted.stderr
-        assert f"python -m slurm_sglang tunnel {job_id}" in submitted.stdout
+        # A job on a login node is HOST:JOB everywhere (a local job with the same id differs).
+        assert f"python -m slurm_sglang tunnel login:{job_id}" in submitted.stdout
         status = laptop.cli("status", "--json", job_id)
         view = json.loads(status.stdout)
         assert (view["job_id"], view["host"], view["status"]) == (job_id, "login", "ready")
@@ -156,7 +157,7 @@ def test_wrong_key_fails_with_one_line(laptop: Laptop, sandbox: SandboxInfo,
                                        remote_job: RemoteJob) -> None:
     argv = _submit_argv(sandbox)  # the host key is known by now: only the user key is wrong
     failed = laptop.cli(*[("login-wrong-key" if word == "login" else word) for word in argv])
-    assert failed.returncode == 1
+    assert failed.returncode == 4  # a transport error (errors.py)
     line = failed.stderr.strip().splitlines()[-1]
     assert "refused every key tried" in line and "id_not_authorized" in line
     assert [row["job_id"] for row in _records(laptop)] == [remote_job.job_id]
@@ -282,13 +283,13 @@ def test_cancel_closes_the_tunnel_and_leaves_nothing(laptop: Laptop, sandbox: Sa
         cancelled = laptop.cli("cancel", remote_job.job_id)
         assert cancelled.returncode == 0, cancelled.stderr
         assert cancelled.stdout.strip() == (
-            f"job {remote_job.job_id} cancelled (stopped); 2 node(s) confirmed their ranks "
+            f"job login:{remote_job.job_id} cancelled (stopped); 2 node(s) confirmed their ranks "
             "ended and their containers are gone")
         # The open tunnel notices that its job stopped serving and ends by itself.
         assert process.wait(timeout=60) == 1
         assert process.stderr is not None
-        assert f"job {remote_job.job_id} is stopped; closing" in process.stderr.read()
-        # logs --follow kept reading the driver's log over SFTP and saw it stop.
+        assert f"job login:{remote_job.job_id} is stopped; closing" in process.stderr.read()
+        # logs --follow kept reading the driver's log over SFTP, saw it stop, and ended.
         deadline = time.monotonic() + 30
         while not any("stopping every rank" in line for line in followed):
             assert time.monotonic() < deadline, "".join(followed)
@@ -306,5 +307,7 @@ def test_cancel_closes_the_tunnel_and_leaves_nothing(laptop: Laptop, sandbox: Sa
     assert not squeue.stdout.strip()
     assert job_containers(sandbox, remote_job.job_id) == {node: [] for node in sandbox.nodes}
 
-    refused = laptop.cli("tunnel", remote_job.job_id)
-    assert refused.returncode == 2 and "is stopped, not ready" in refused.stderr
+    refused = laptop.cli("tunnel", f"login:{remote_job.job_id}")
+    # A job that does not serve is the job's error (exit 1), not the user's input.
+    assert refused.returncode == 1 and "is stopped, not ready" in refused.stderr
+    assert follower.wait(timeout=60) == 0

@@ -87,8 +87,8 @@ class RecordingTransport:
 
 
 def test_the_in_job_runner_sends_the_key_in_the_environment_only() -> None:
-    from slurm_sglang.api import _in_job_runner
     from slurm_sglang.bench import BenchSettings
+    from slurm_sglang.bench_job import _in_job_runner
 
     transport = RecordingTransport()
     runner = _in_job_runner(transport, _place("podman"), "/ws/logs/42/bench",  # type: ignore[arg-type]
@@ -111,8 +111,8 @@ def test_the_in_job_runner_sends_the_key_in_the_environment_only() -> None:
 
 
 def test_a_job_whose_image_is_unknown_is_refused_in_one_line(tmp_path: Path) -> None:
-    from slurm_sglang.api import _in_job_runner
     from slurm_sglang.bench import BenchSettings
+    from slurm_sglang.bench_job import _in_job_runner
     from slurm_sglang.errors import UserInputError
 
     with pytest.raises(UserInputError, match=r"^--client job: job 42's driver log does not say"):

@@ -109,5 +109,26 @@ def test_records_round_trip_and_latest_first(tmp_path: Path,
     assert [r.job_id for r in list_records()] == ["9", "7"]
     assert find_record(None) == newer
     assert find_record("7") == older
-    with pytest.raises(UserInputError, match=r"job 8: not recorded here \(recent: 9, 7\)"):
+    with pytest.raises(UserInputError, match=r"job 8: not recorded here \(recent: login:9, 7\)"):
         find_record("8")
+
+
+def test_host_job_ids_keep_a_local_and_a_remote_job_apart(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLURM_SGLANG_STATE_DIR", str(tmp_path))
+    local = JobRecord("47", "sandbox", "/w/logs/47", "/w/s", [], "2026-01-01T00:00:00")
+    remote = JobRecord("47", "aws", "/r/logs/47", "/r/s", [], "2026-01-02T00:00:00",
+                       host="user@login:2222")
+    only_remote = JobRecord("48", "aws", "/r/logs/48", "/r/s", [], "2026-01-03T00:00:00",
+                            host="login")
+    for record in (local, remote, only_remote):
+        save_record(record)
+    assert (local.ref, remote.ref) == ("47", "user@login:2222:47")
+    assert find_record("local:47") == local
+    assert find_record("user@login:2222:47") == remote
+    assert find_record("48") == find_record("login:48") == only_remote
+    with pytest.raises(UserInputError, match=r"job 47: more than one host has it "
+                       r"\(user@login:2222:47, local:47\); give HOST:JOB"):
+        find_record("47")
+    with pytest.raises(UserInputError, match="job other:48: not recorded"):
+        find_record("other:48")

@@ -13,8 +13,9 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -365,3 +366,25 @@ def test_module_and_package_are_one_file() -> None:
     link = REPO / "sbatch" / "slurm-sglang"
     if link.is_symlink():
         assert (link / "launch_plan.py").resolve() == MODULE.resolve()
+
+
+@pytest.mark.parametrize(("argv", "reads"), [
+    (["--model-path", "m", "--tp", "2", "--dp", "2"], 1),
+    # An old spelling moves tokens: the rewritten argv is read once more, and only then.
+    (["--model-path", "m", "--tp", "2", "--pp", "2"], 2),
+])
+def test_check_reads_sglangs_argv_once(monkeypatch: pytest.MonkeyPatch, argv: list[str],
+                                       reads: int) -> None:
+    from slurm_sglang import api
+
+    real = launch_plan.parse_options
+    calls: list[tuple[str, ...]] = []
+
+    def counted(given: Sequence[str], version: str = launch_plan.LATEST_KNOWN) -> Any:
+        calls.append(tuple(given))
+        return real(given, version)
+
+    monkeypatch.setattr(launch_plan, "parse_options", counted)
+    report = api.check(argv, "default", nodes=1)
+    assert report.ok, report.problems
+    assert len(calls) == reads, calls

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from slurm_sglang.jobs import JobStatus, status_from
-from slurm_sglang.submit import QUEUE_UNREACHABLE, queue_state
+from slurm_sglang.scheduler import QUEUE_UNREACHABLE, queue_state
 from slurm_sglang.transport.base import CommandResult
 
 
@@ -36,6 +36,8 @@ def test_queue_state(answer: tuple[int, str, str], expected: str | None) -> None
     assert queue_state(FakeSqueue(*answer), "47") == expected  # type: ignore[arg-type]
 
 
-def test_an_unreachable_controller_keeps_a_serving_job_ready() -> None:
-    assert status_from(QUEUE_UNREACHABLE, "ready") is JobStatus.READY
+def test_an_unreachable_controller_is_unknown_never_stopped() -> None:
+    # The state file says ready, but without SLURM's word the job may have died since.
+    assert status_from(QUEUE_UNREACHABLE, "ready") is JobStatus.UNKNOWN
+    assert status_from(QUEUE_UNREACHABLE, None) is JobStatus.UNKNOWN
     assert status_from(None, "ready") is JobStatus.STOPPED
