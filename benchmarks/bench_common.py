@@ -125,3 +125,18 @@ def wait_job_gone(job_id: str, timeout: float = 60) -> None:
         if not listed.stdout.strip():
             return
         time.sleep(0.2)
+
+
+def drop_from_page_cache(path: Path) -> None:
+    """Evict one file's pages so the next reader fetches them from storage."""
+    with path.open("rb") as handle:
+        os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+def read_counters(path: Path) -> dict[str, float]:
+    """A job's result file of "NAME: NUMBER" lines as a dict."""
+    values = {}
+    for line in path.read_text().splitlines():
+        key, _, value = line.partition(" ")
+        values[key.rstrip(":")] = float(value)
+    return values

@@ -38,9 +38,11 @@ from bench_common import (
     REPO,
     UP_HINT,
     describe,
+    drop_from_page_cache,
     machine,
     median,
     node_counts,
+    read_counters,
     require_sandbox,
     table,
     wait_job_gone,
@@ -110,26 +112,12 @@ def shared_copy(sandbox: SandboxInfo) -> Path:
     return shared
 
 
-def drop_from_page_cache(path: Path) -> None:
-    """Evict one file's pages so the next reader fetches them from storage."""
-    with path.open("rb") as handle:
-        os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-
-
 def render_job(sandbox: SandboxInfo) -> Path:
     """The per-run job script, rendered with the broadcast partial, into the shared directory."""
     env = make_environment([builtin_template_dir(), REPO / "benchmarks" / "templates"])
     path = sandbox.shared_dir / "scripts" / "bench-image-broadcast.sh"
     write_script(env.get_template(JOB_TEMPLATE).render(broadcast_dir="/tmp"), path)
     return path
-
-
-def _counters(path: Path) -> dict[str, float]:
-    values = {}
-    for line in path.read_text().splitlines():
-        key, _, value = line.partition(" ")
-        values[key.rstrip(":")] = float(value)
-    return values
 
 
 def run_once(sandbox: SandboxInfo, job: Path, image: Path, nodes: int, mode: str,
@@ -152,8 +140,8 @@ def run_once(sandbox: SandboxInfo, job: Path, image: Path, nodes: int, mode: str
     for line in finished.stderr.splitlines():
         if "Granted job allocation" in line:
             wait_job_gone(line.split()[-1])
-    timing = _counters(results / "timing")
-    readers = {path.name[len("reader-"):-len(".io")]: _counters(path)
+    timing = read_counters(results / "timing")
+    readers = {path.name[len("reader-"):-len(".io")]: read_counters(path)
                for path in results.glob("reader-*.io")}
     node_readers = {name: value for name, value in readers.items() if name != "sbcast"}
     size = image.stat().st_size

@@ -35,9 +35,11 @@ from bench_common import (
     REPO,
     UP_HINT,
     describe,
+    drop_from_page_cache,
     machine,
     median,
     node_counts,
+    read_counters,
     require_sandbox,
     table,
     wait_job_gone,
@@ -70,13 +72,6 @@ def shared_model(sandbox: SandboxInfo, size_mib: int) -> Path:
     return model
 
 
-def drop_from_page_cache(model: Path) -> None:
-    """Evict the model's pages so the next reader fetches them from storage."""
-    for path in model.iterdir():
-        with path.open("rb") as handle:
-            os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-
-
 def render_job(sandbox: SandboxInfo) -> Path:
     """The job script, rendered with the stage partial, into the shared directory."""
     env = make_environment([REPO / "templates", REPO / "benchmarks" / "templates"])
@@ -85,20 +80,13 @@ def render_job(sandbox: SandboxInfo) -> Path:
     return path
 
 
-def _counters(path: Path) -> dict[str, float]:
-    values = {}
-    for line in path.read_text().splitlines():
-        key, _, value = line.partition(" ")
-        values[key.rstrip(":")] = float(value)
-    return values
-
-
 def run_once(sandbox: SandboxInfo, job: Path, model: Path, nodes: int, mode: str,
              timeout: float) -> dict[str, Any]:
     """One allocation, one mode: seconds, bytes read from the shared copy, bytes copied."""
     results = Path(tempfile.mkdtemp(prefix=f"stage-{nodes}-{mode}-",
                                     dir=sandbox.shared_dir / "bench"))
-    drop_from_page_cache(model)
+    for path in model.iterdir():
+        drop_from_page_cache(path)
     argv = ["salloc", "-N", str(nodes), "-p", "sandbox", "--exclusive", "bash", str(job),
             mode.split("-")[0], str(model), LOCAL_DIR, str(results), str(REPO / "slurm_sglang")]
     try:
@@ -113,8 +101,8 @@ def run_once(sandbox: SandboxInfo, job: Path, model: Path, nodes: int, mode: str
     for line in finished.stderr.splitlines():
         if "Granted job allocation" in line:
             wait_job_gone(line.split()[-1])
-    timing = _counters(results / "timing")
-    readers = {path.name[len("reader-"):-len(".io")]: _counters(path)
+    timing = read_counters(results / "timing")
+    readers = {path.name[len("reader-"):-len(".io")]: read_counters(path)
                for path in results.glob("reader-*.io")}
     node_readers = {name: value for name, value in readers.items() if name != "driver"}
     events = (results / "events.log").read_text().splitlines()
