@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 from openai import OpenAI
-from serving import job_containers, job_processes, salloc_serve, sbatch_serve, tiny_model
+from serving import (
+    job_containers,
+    job_processes,
+    salloc_serve,
+    sbatch_serve,
+    serve_env,
+    tiny_model,
+)
 
 from slurm_sglang.profile import load_profile
 from slurm_sglang.render import render_script, write_script
@@ -107,3 +114,24 @@ def test_image_loaded_once_then_skipped(sandbox: SandboxInfo, sandbox_script: Pa
         node = line.split(" node=")[1].split()[0]
         assert "status=loaded" in line or (node in kept and "status=present" in line), output
     assert len(again) == 2 and all("status=present" in line for line in again)
+
+
+def test_image_broadcast_loads_within_the_jobs_one_step(sandbox: SandboxInfo,
+                                                        sandbox_script: Path, model_dir: Path,
+                                                        tmp_path: Path) -> None:
+    """With broadcast on, nodes without the image get it by sbcast and load it in a phase of
+    the job's one step: one srun for preparation, the load and the ranks."""
+    args = ["--force", "--quiet", "--model-path", str(model_dir), "--tp", "2"]
+    env = serve_env(SLURM_SGLANG_IMAGE_BROADCAST="1")
+    with salloc_serve(sandbox, sandbox_script, 2, args, tmp_path, env=env) as run:
+        events = run.events()
+        job_id = run.job_id
+        steps = (run.log_dir / "nodes.srun.log").exists(), (run.log_dir / "image.srun.log").exists()
+    missing = [line for line in events if " image " in line and "status=missing" in line]
+    loaded = [line for line in events if " image " in line and "status=loaded" in line]
+    phases = [line.split(" name=")[1].split()[0] for line in events if " phase-end " in line]
+    # --force leaves the image where another job's container uses it; elsewhere it is sent.
+    assert len(missing) == len(loaded) >= 1, events
+    assert phases.count("prepare") == 2 and phases.count("image") == 2, events
+    assert steps == (True, False)
+    assert job_containers(sandbox, job_id) == {node: [] for node in sandbox.nodes}

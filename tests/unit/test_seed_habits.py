@@ -283,9 +283,10 @@ def test_the_users_socket_interface_wins(script: Path, nccl: str, gloo: str,
 def test_a_missing_user_interface_names_the_variable(script: Path) -> None:
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "USER_NCCL_SOCKET_IFNAME": "nosuch0",
            "HEAD_NODE": "localhost"}
-    done = _bash(script, 'hostname() { echo n1; }\nnode_identity\nresolve_node_address', env=env)
+    done = _bash(script, 'hostname() { echo n1; }\nnode_identity\nresolve_node_address || '
+                 '{ echo "$ADDRESS_PROBLEM"; exit 1; }', env=env)
     assert done.returncode == 1
-    assert done.stdout == "interface nosuch0 (NCCL_SOCKET_IFNAME) has no IPv4 address on n1"
+    assert done.stdout == "interface nosuch0 (NCCL_SOCKET_IFNAME) has no IPv4 address on n1\n"
 
 
 def test_the_start_up_line_names_the_users_settings(script: Path) -> None:
