@@ -251,17 +251,17 @@ def report(run: Run, results: list[dict[str, Any]]) -> tuple[list[str], str]:
 def judge_progress(run: Run, store: Any) -> None:
     """The head's turn: publish the report's verdict, or who did not join, or who is late."""
     ranks, now = range(run.world), time.time()
-    joined = [store.check([f"{KEY}rank/{rank}"]) for rank in ranks]
-    if not run.head_ready and all(joined[: run.procs]):
+    if not run.head_ready and store.check([f"{KEY}rank/{rank}" for rank in range(run.procs)]):
         # A slow import of torch on the head is not blamed on the other nodes, nor on the head.
         run.head_ready, run.join_deadline = True, now + run.options.join_timeout
     if store.check([f"{KEY}result/{rank}" for rank in ranks]):
         lines, verdict = report(run, [json.loads(read(store, f"result/{rank}")) for rank in ranks])
         print("\n".join(lines), flush=True)
         publish(store, verdict)
-    elif run.head_ready and now > run.join_deadline and not all(joined):
+    elif run.head_ready and now > run.join_deadline and not store.check(
+            [f"{KEY}rank/{rank}" for rank in ranks]):
         missing: dict[str, list[str]] = {}
-        for rank in (rank for rank in ranks if not joined[rank]):
+        for rank in (rank for rank in ranks if not store.check([f"{KEY}rank/{rank}"])):
             missing.setdefault(run.names[rank // run.procs], []).append(str(rank))
         publish(store, f"preflight: FAILED did not join within {run.options.join_timeout:g} s: "
                 + "; ".join(f"{node} (ranks {', '.join(ids)})" for node, ids in missing.items()))
@@ -310,6 +310,18 @@ def await_verdict(run: Run, store: Any, workers: list[subprocess.Popen[bytes]]) 
     return read(store, "verdict")
 
 
+def linger(run: Run, store: Any) -> None:
+    """Keep the head's store up after the verdict until every node that joined, or may still
+    join, has read it (ACK_SECONDS at most)."""
+    give_up = time.time() + ACK_SECONDS
+    while time.time() < give_up:
+        joined = store.add(KEY + "nodes", 0)
+        if store.add(KEY + "acks", 0) >= joined and (
+                joined == run.options.nnodes - 1 or time.time() > run.join_deadline):
+            return
+        time.sleep(POLL_SECONDS)
+
+
 def run_node(run: Run) -> str:
     """One node's launcher: check locally, rendezvous, start the ranks; return the verdict."""
     options, is_head = run.options, run.options.node_rank == 0
@@ -323,8 +335,8 @@ def run_node(run: Run) -> str:
     try:
         problem = prepare_node(run)
     except ImportError as error:
-        return f"preflight: FAILED torch is not importable on {run.node} ({sys.executable}): " \
-            f"{error}"
+        return (f"preflight: FAILED torch is not importable on {run.node} ({sys.executable}): "
+                f"{error}")
     if problem:
         print(f"preflight: {problem}", flush=True)
     try:
@@ -352,16 +364,10 @@ def run_node(run: Run) -> str:
             workers = [subprocess.Popen([*command, str(local_rank)], env=environment)
                        for local_rank in range(run.procs)]
         verdict = await_verdict(run, store, workers)
-        store.add(KEY + "acks", 0 if is_head else 1)
-        # The head's store outlives the verdict until every node that joined, or may still
-        # join, has read it (10 s at most).
-        give_up = time.time() + ACK_SECONDS
-        while is_head and time.time() < give_up:
-            joined = store.add(KEY + "nodes", 0)
-            if store.add(KEY + "acks", 0) >= joined and (
-                    joined == options.nnodes - 1 or time.time() > run.join_deadline):
-                break
-            time.sleep(POLL_SECONDS)
+        if is_head:
+            linger(run, store)
+        else:
+            store.add(KEY + "acks", 1)
     except Exception as error:  # the head went away under us
         verdict = f"preflight: FAILED {run.node} lost the rendezvous: {one_line(error)[:300]}"
     finally:

@@ -181,7 +181,8 @@ def test_environment_shows_fabric_variables_and_hides_secrets(
 def test_report_takes_the_slowest_rank_and_names_the_slowest_node() -> None:
     run = options_for("--sizes", "1M,2M", "--nodes", "a,b")
     results = [
-        {"node": "a" if rank < 4 else "b", "seconds": {"1M": 1e-4, "2M": 4e-4 if rank == 6 else 2e-4}}
+        {"node": "a" if rank < 4 else "b",
+         "seconds": {"1M": 1e-4, "2M": 4e-4 if rank == 6 else 2e-4}}
         for rank in range(8)
     ]  # fmt: skip
     lines, verdict = report(run, results)
