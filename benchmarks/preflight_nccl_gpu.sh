@@ -95,11 +95,14 @@ stubs() {
   local bin=$1/bin
   mkdir -p "${bin}"
   # srun [options] COMMAND...: COMMAND once per node of --nodelist (default: every node), in
-  # parallel, with the variables a task of SLURM gets; exit status: the worst task's.
+  # parallel, with the variables a task of SLURM gets and, as srun does by default, srun's
+  # stdin copied to every task (the job's step reads the driver's commands there); exit
+  # status: the worst task's.
   cat >"${bin}/srun" <<'EOF'
 #!/usr/bin/env bash
 nodelist="" code=0
-pids=()
+pids=() inputs=()
+fifos=$(mktemp -d "${TMPDIR:-/tmp}/fake-srun.XXXXXX")
 while (($#)) && [[ $1 == -* ]]; do
   case $1 in
     --nodelist=*) nodelist=${1#*=} ;;
@@ -116,11 +119,16 @@ for i in "${!all[@]}"; do
   [[ ,${FAKE_SLURM_DEAD:-}, != *,${node},* || $* != *preflight_nccl_node* ]] || continue
   gpu=$((i % ${FAKE_SLURM_GPUS:-1}))
   ((FAKE_SLURM_SHARED_GPU)) && gpu=0
+  mkfifo "${fifos}/${i}"
+  inputs+=("${fifos}/${i}")
   SLURM_NODEID=${i} SLURM_PROCID=${i} SLURM_LOCALID=0 SLURMD_NODENAME=${node} \
-    SLURM_STEP_GPUS=${gpu} SLURM_STEPID=0 "$@" &
+    SLURM_STEP_GPUS=${gpu} SLURM_STEPID=0 "$@" <"${fifos}/${i}" &
   pids+=($!)
 done
+# A task that ends early closes its copy; the others keep theirs (-p).
+tee -p "${inputs[@]}" >/dev/null <&0 &
 for i in "${pids[@]}"; do wait "${i}" || { c=$?; ((c > code)) && code=${c}; }; done
+rm -rf "${fifos}"
 exit "${code}"
 EOF
   cat >"${bin}/scontrol" <<'EOF'

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """NCCL pre-flight: prove the fabric with a timed all-reduce before the model loads.
 
-Self-contained (standard library and torch only): it is copied to every node and run there,
-one invocation per node, inside the serving image or venv. docs/preflight.md explains it.
+Self-contained (Python 3.8+ standard library and torch only): it is copied to every node and
+run there, one invocation per node, inside the serving image or venv. docs/preflight.md
+explains it.
 """
 
 from __future__ import annotations
@@ -11,72 +12,45 @@ import argparse
 import importlib
 import json
 import os
+import re
 import socket
 import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 KEY = "preflight/"
-SHOWN_PREFIXES = ("NCCL_", "FI_", "TORCH_NCCL_", "NVSHMEM_")
-SHOWN_NAMES = (
-    "GLOO_SOCKET_IFNAME",
-    "SGLANG_HOST_IP",
-    "CUDA_VISIBLE_DEVICES",
-    "TORCH_SYMM_MEM_DISABLE_MULTICAST",
-)
-SECRET_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL")
+# The environment each node prints first: the fabric's variables; secrets by name are hidden.
+SHOWN = re.compile(r"(NCCL_|FI_|TORCH_NCCL_|NVSHMEM_).*|GLOO_SOCKET_IFNAME|SGLANG_HOST_IP"
+                   r"|CUDA_VISIBLE_DEVICES|TORCH_SYMM_MEM_DISABLE_MULTICAST")
+SECRET = re.compile("KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL", re.IGNORECASE)
 POLL_SECONDS = 0.1
-JOIN_EXIT_CODE = 3  # a worker that stopped waiting for the others: the head names who
 ACK_SECONDS = 10.0
 
 
-@dataclass(frozen=True)
-class MessageSize:
-    """One all-reduce message size: the label the user wrote and its bytes."""
-
-    label: str
-    nbytes: int
-
-
-def parse_sizes(text: str) -> list[MessageSize]:
-    """Read '1M,16M,256M' (binary K/M/G suffixes, or plain bytes) into message sizes."""
-    multipliers = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+def parse_sizes(text: str) -> list[tuple[str, int]]:
+    """Read '1M,16M,256M' (binary K/M/G suffixes, or plain bytes) into (label, bytes) pairs."""
     sizes = []
-    for item in text.split(","):
-        label = item.strip().upper()
-        if not label:
-            continue
-        factor = multipliers.get(label[-1], 1)
-        digits = label[:-1] if label[-1] in multipliers else label
-        if not digits.isdigit() or int(digits) == 0:
+    for item in filter(None, (item.strip().upper() for item in text.split(","))):
+        match = re.fullmatch(r"(\d+)([KMG]?)", item)
+        if not match or int(match[1]) == 0:
             raise ValueError(f"bad message size {item!r}: use e.g. 1M, 512K, 1G or bytes")
-        nbytes = max(4, int(digits) * factor // 4 * 4)  # whole float32 elements
-        sizes.append(MessageSize(label, nbytes))
+        scale = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}[match[2]]
+        sizes.append((item, max(4, int(match[1]) * scale // 4 * 4)))  # whole float32 elements
     if not sizes:
         raise ValueError("no message size given")
     return sizes
 
 
-def bus_bandwidth_factor(world_size: int) -> float:
-    """All-reduce bus bandwidth over algorithm bandwidth: 2(n-1)/n, as nccl-tests counts."""
-    return 2.0 * (world_size - 1) / world_size
-
-
 def interface_problem(variable: str, value: str, available: list[str], node: str) -> str | None:
-    """Say why VARIABLE=VALUE names no interface present here, or None when one matches.
-
-    NCCL reads a comma list of name prefixes, '=' for exact names and '^' to exclude;
-    gloo reads exact names.
-    """
+    """Why VARIABLE=VALUE names no interface here, or None (NCCL: name prefixes, '=' exact,
+    '^' exclude; gloo: exact names)."""
     if not value or value.startswith("^"):
         return None
     exact = variable != "NCCL_SOCKET_IFNAME" or value.startswith("=")
-    wanted = [name.strip() for name in value.lstrip("=").split(",") if name.strip()]
-    for name in wanted:
+    for name in filter(None, (name.strip() for name in value.lstrip("=").split(","))):
         if any(have == name if exact else have.startswith(name) for have in available):
             return None
     return f"{variable}={value}: no such interface on {node} (it has: {', '.join(available)})"
@@ -84,17 +58,14 @@ def interface_problem(variable: str, value: str, available: list[str], node: str
 
 def describe_failure(message: str, backend: str, node: str, rank: int, stage: str) -> str:
     """Turn a backend exception text into one line that names the node and the likely fix."""
-    lines = [line.strip() for line in message.splitlines() if line.strip()]
-    last_error = ""
+    lines = [line.strip() for line in message.splitlines() if line.strip()] or ["no message"]
+    first, last_error = lines[0], ""
     for index, line in enumerate(lines):
-        if line.startswith("Last error"):
-            # NCCL puts the reason on the line after a bare "Last error:".
-            reason = line.partition(":")[2].strip() or " ".join(lines[index + 1 : index + 2])
-            last_error = f"Last error: {reason}"
-    first = lines[0] if lines else "no message"
+        if line.startswith("Last error"):  # NCCL may put the reason on the next line
+            last_error = line.partition(":")[2].strip() or " ".join(lines[index + 1 : index + 2])
     if first.startswith("NCCL error in:"):  # drop torch's source location, keep NCCL's words
         first = "NCCL " + first.partition(", ")[2]
-    detail = first + (f" ({last_error})" if last_error else "")
+    detail = first + (f" (Last error: {last_error})" if last_error else "")
     where = f"on {node} (rank {rank}, {stage})"
     if "Duplicate GPU" in message:
         return f"two ranks share one GPU {where}: give each rank its own GPU; {detail}"
@@ -106,95 +77,63 @@ def describe_failure(message: str, backend: str, node: str, rank: int, stage: st
 
 def shown_environment() -> list[str]:
     """The fabric variables this run sees, as NAME=value lines, secrets masked."""
-    shown = []
-    for name in sorted(os.environ):
-        if name.startswith(SHOWN_PREFIXES) or name in SHOWN_NAMES:
-            secret = any(marker in name.upper() for marker in SECRET_MARKERS)
-            shown.append(f"{name}={'<hidden>' if secret else os.environ[name]}")
-    return shown
-
-
-def one_line(text: str) -> str:
-    """Squash a message onto one line, for the final machine-readable verdict."""
-    return " ".join(text.split())
+    return [f"{name}={'<hidden>' if SECRET.search(name) else value}"
+            for name, value in sorted(os.environ.items()) if SHOWN.fullmatch(name)]
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line: one invocation per node."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--nnodes", type=int, required=True)
-    parser.add_argument("--node-rank", type=int, required=True)
-    parser.add_argument("--master-addr", required=True, help="the head node's address")
-    parser.add_argument("--master-port", type=int, required=True, help="a free TCP port there")
-    parser.add_argument("--nodes", default="", help="node names in node-rank order, a,b,c")
-    parser.add_argument("--gpus-per-node", type=int, default=0, help="default: all visible")
-    parser.add_argument("--procs-per-node", type=int, default=0, help="gloo processes per node")
-    parser.add_argument("--backend", choices=("auto", "nccl", "gloo"), default="auto")
-    parser.add_argument("--sizes", default="1M,16M,64M,256M")
-    parser.add_argument("--iters", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--join-timeout", type=float, default=60.0)
-    parser.add_argument("--timeout", type=float, default=300.0, help="deadline of the run")
-    parser.add_argument("--min-busbw-gbps", type=float, default=0.0)
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    parser.add_argument(
-        "--no-interface-check",
-        action="store_true",
-        help="leave NCCL_SOCKET_IFNAME to NCCL (to see NCCL's own error)",
-    )
-    parser.add_argument("--worker-local-rank", type=int, default=-1, help=argparse.SUPPRESS)
-    parser.add_argument("--worker-procs", type=int, default=0, help=argparse.SUPPRESS)
-    parser.add_argument("--worker-backend", default="", help=argparse.SUPPRESS)
-    parser.add_argument("--worker-deadline", type=float, default=0.0, help=argparse.SUPPRESS)
+    add = parser.add_argument
+    add("--nnodes", type=int, required=True)
+    add("--node-rank", type=int, required=True)
+    add("--master-addr", required=True, help="the head node's address")
+    add("--master-port", type=int, required=True, help="a free TCP port there")
+    add("--nodes", default="", help="node names in node-rank order, a,b,c")
+    add("--gpus-per-node", "--procs-per-node", dest="procs", type=int, default=0,
+        help="ranks per node (default: every visible GPU with nccl, one with gloo)")
+    add("--backend", choices=("auto", "nccl", "gloo"), default="auto")
+    add("--sizes", default="1M,16M,64M,256M")
+    add("--iters", type=int, default=20)
+    add("--warmup", type=int, default=5)
+    add("--join-timeout", type=float, default=60.0)
+    add("--timeout", type=float, default=300.0, help="deadline of the run")
+    add("--min-busbw-gbps", type=float, default=0.0)
+    add("--no-interface-check", action="store_true", help="leave NCCL_SOCKET_IFNAME to NCCL")
+    add("--worker-rank", type=int, default=-1, help=argparse.SUPPRESS)  # a launcher's child
     return parser
 
 
 class Run:
-    """What every process of one node's pre-flight knows: layout, names, deadlines."""
+    """One node's view of the check: its options, node names, layout and deadlines."""
 
     def __init__(self, options: argparse.Namespace, started: float) -> None:
-        self.options = options
-        self.sizes = parse_sizes(options.sizes)
-        self.names: list[str] = [name for name in options.nodes.split(",") if name]
-        if self.names and len(self.names) != options.nnodes:
-            raise ValueError(f"--nodes names {len(self.names)} nodes, --nnodes is {options.nnodes}")
+        names = [name for name in options.nodes.split(",") if name]
+        if names and len(names) != options.nnodes:
+            raise ValueError(f"--nodes names {len(names)} nodes, --nnodes is {options.nnodes}")
         if not 0 <= options.node_rank < options.nnodes:
             raise ValueError(f"--node-rank {options.node_rank} is outside 0..{options.nnodes - 1}")
-        self.node: str = (
-            self.node_label(options.node_rank)
-            if self.names
-            else (os.environ.get("SLURMD_NODENAME") or socket.gethostname())
-        )
-        # Workers inherit the node's deadline as a wall-clock instant, so one run has one clock.
+        self.names: list[str] = names or [f"node-rank {rank}" for rank in range(options.nnodes)]
+        if not names:  # without --nodes a node calls itself as SLURM or the host does
+            self.names[options.node_rank] = os.getenv("SLURMD_NODENAME") or socket.gethostname()
+        self.options, self.sizes = options, parse_sizes(options.sizes)
+        self.node = self.names[options.node_rank]
+        self.deadline: float = started + options.timeout
         self.join_deadline: float = started + options.join_timeout
-        self.deadline: float = options.worker_deadline or started + options.timeout
-        self.procs: int = options.worker_procs
-        self.backend: str = options.worker_backend
-
-    def node_label(self, node_rank: int) -> str:
-        """The name of a node by its rank, as --nodes gave it."""
-        return self.names[node_rank] if self.names else f"node-rank {node_rank}"
+        self.head_ready = False  # the head's own ranks joined: its join clock runs from then
+        self.backend: str = options.backend  # prepare_node settles both on a launcher
+        self.procs: int = options.procs
 
     @property
     def world(self) -> int:
         """Number of ranks over all nodes."""
-        nnodes: int = self.options.nnodes
-        return nnodes * self.procs
+        return int(self.options.nnodes * self.procs)
 
-    def remaining(self) -> float:
-        """Seconds left before the run's deadline, at least one."""
-        return max(1.0, self.deadline - time.time())
-
-    def connect(self, is_master: bool, timeout: float) -> Any:
-        """Open the rendezvous store at master-addr:port (the head's node serves it)."""
-        _, dist = import_torch()
-        return dist.TCPStore(
-            self.options.master_addr,
-            self.options.master_port,
-            is_master=is_master,
-            wait_for_workers=False,
-            timeout=timedelta(seconds=max(1.0, timeout)),
-        )
+    def connect(self, is_master: bool, until: float) -> Any:
+        """Open the rendezvous store at master-addr:port (the head's launcher serves it)."""
+        return import_torch()[1].TCPStore(
+            self.options.master_addr, self.options.master_port, is_master=is_master,
+            wait_for_workers=False, timeout=timedelta(seconds=max(1.0, until - time.time())))
 
 
 def import_torch() -> tuple[Any, Any]:
@@ -202,428 +141,260 @@ def import_torch() -> tuple[Any, Any]:
     return importlib.import_module("torch"), importlib.import_module("torch.distributed")
 
 
-def has_key(store: Any, key: str) -> bool:
-    """Whether the store holds KEY, without blocking."""
-    return bool(store.check([KEY + key]))
+def read(store: Any, key: str, default: str = "") -> str:
+    """The value of KEY, or default while the store lacks it (never blocks)."""
+    return bytes(store.get(KEY + key)).decode() if store.check([KEY + key]) else default
 
 
-def read_key(store: Any, key: str) -> str:
-    """Read a key that is known to exist."""
-    return bytes(store.get(KEY + key)).decode()
+def publish(store: Any, verdict: str) -> None:
+    """Make this the run's verdict unless one is out already: the first failure wins."""
+    store.compare_set(KEY + "verdict", "", verdict)
 
 
-# ---------------------------------------------------------------- worker (one per GPU)
+def one_line(text: object) -> str:
+    """Squash a message onto one line, for the machine-readable verdict."""
+    return " ".join(str(text).split())
 
 
-def time_all_reduce(tensor: Any, size: MessageSize, run: Run, rank: int) -> float:
-    """Check one all-reduce's sum, then return the median seconds of the timed ones."""
+def time_all_reduce(tensor: Any, run: Run, rank: int) -> float:
+    """Check one all-reduce's sum, warm up, then return the median seconds of the timed ones
+    (CUDA events on a GPU: a host clock would time the launch)."""
     torch, dist = import_torch()
-
-    on_gpu = tensor.is_cuda
     tensor.fill_(rank + 1)
     dist.all_reduce(tensor)
     expected = run.world * (run.world + 1) / 2
-    for got in (tensor[0].item(), tensor[-1].item()):
-        if got != expected:
-            raise RuntimeError(f"all_reduce at {size.label} summed to {got}, not {expected}")
+    if {tensor[0].item(), tensor[-1].item()} != {expected}:
+        raise RuntimeError(f"all_reduce summed to {tensor[-1].item()}, not {expected}")
     for _ in range(run.options.warmup):
         dist.all_reduce(tensor)
-    samples = []
-    if on_gpu:
-        torch.cuda.synchronize()
-        events = [
-            (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-            for _ in range(run.options.iters)
-        ]
-        for start, end in events:
-            start.record()
+    samples: list[Any] = []
+    for _ in range(run.options.iters):
+        if tensor.is_cuda:
+            samples.append([torch.cuda.Event(enable_timing=True) for _ in "se"])
+            samples[-1][0].record()
             dist.all_reduce(tensor)
-            end.record()
-        torch.cuda.synchronize()
-        samples = [start.elapsed_time(end) / 1e3 for start, end in events]
-    else:
-        for _ in range(run.options.iters):
+            samples[-1][1].record()
+        else:
             began = time.perf_counter()
             dist.all_reduce(tensor)
             samples.append(time.perf_counter() - began)
+    if tensor.is_cuda:
+        torch.cuda.synchronize()
+        samples = [start.elapsed_time(end) / 1e3 for start, end in samples]
     return float(statistics.median(samples))
 
 
-def run_worker(run: Run) -> int:
-    """One rank: join, init the process group, time the all-reduce, publish the result."""
+def run_worker(run: Run, local_rank: int) -> int:
+    """One rank: join, init the process group, time every size, publish its medians."""
     torch, dist = import_torch()
-
-    local_rank = run.options.worker_local_rank
-    rank = run.options.node_rank * run.procs + local_rank
-    store = run.connect(is_master=False, timeout=run.remaining())
-    stage = "join"
+    rank, stage = run.options.node_rank * run.procs + local_rank, "init_process_group"
+    store = run.connect(False, run.deadline)
     try:
-        store.set(f"{KEY}rank/{rank}", run.node)
-        store.add(KEY + "joined", 1)
-        # The head judges who is missing and publishes a verdict; until then, wait.
-        while store.add(KEY + "joined", 0) < run.world:
-            if has_key(store, "verdict") or time.time() > run.deadline:
-                return JOIN_EXIT_CODE
-            time.sleep(POLL_SECONDS)
-        stage = "init_process_group"
+        store.set(f"{KEY}rank/{rank}", run.node)  # joined: the head can name who is missing
         store.set(f"{KEY}stage/{rank}", stage)
-        device = torch.device("cpu")
-        if run.backend == "nccl":
-            torch.cuda.set_device(local_rank)
-            device = torch.device("cuda", local_rank)
+        device = torch.device("cuda", local_rank) if run.backend == "nccl" else torch.device("cpu")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        # NCCL is created eagerly (device_id): its errors come here, not in the first collective.
         dist.init_process_group(
-            run.backend,
-            store=dist.PrefixStore("pg/", store),
-            rank=rank,
-            world_size=run.world,
-            timeout=timedelta(seconds=run.remaining()),
-            device_id=device if run.backend == "nccl" else None,
-        )
+            run.backend, store=dist.PrefixStore("pg/", store), rank=rank, world_size=run.world,
+            timeout=timedelta(seconds=max(1.0, run.deadline - time.time())),
+            device_id=device if device.type == "cuda" else None)
         medians = {}
-        for size in run.sizes:
-            stage = f"all_reduce {size.label}"
+        for label, nbytes in run.sizes:
+            stage = f"all_reduce {label}"
             store.set(f"{KEY}stage/{rank}", stage)
-            tensor = torch.empty(size.nbytes // 4, dtype=torch.float32, device=device)
-            medians[size.label] = time_all_reduce(tensor, size, run, rank)
-            del tensor
-        result = {"rank": rank, "node": run.node, "seconds": medians}
-        store.set(f"{KEY}result/{rank}", json.dumps(result))
-        store.add(KEY + "results", 1)
+            tensor = torch.empty(nbytes // 4, dtype=torch.float32, device=device)
+            medians[label] = time_all_reduce(tensor, run, rank)
+        store.set(f"{KEY}result/{rank}", json.dumps({"node": run.node, "seconds": medians}))
         dist.destroy_process_group()
         return 0
     except Exception as error:  # any backend failure becomes the verdict, named by node
         text = describe_failure(str(error), run.backend, run.node, rank, stage)
-        print(f"preflight: rank {rank}: {text}\n{str(error)[:2000]}", file=sys.stderr)
+        print(f"preflight: rank {rank}: {text}\n{str(error)[:2000]}", file=sys.stderr, flush=True)
         try:
-            store.set(f"{KEY}error/{rank}", text)
-            store.add(KEY + "errors", 1)
-        except Exception:  # the store is gone too: the node launcher reports the exit code
-            pass
-        sys.stderr.flush()
-        os._exit(1)  # a broken communicator can hang in teardown: leave at once
+            publish(store, f"preflight: FAILED {text}")
+        finally:  # a broken communicator can hang in teardown: leave at once
+            os._exit(1)
 
 
-# ---------------------------------------------------------------- node (one per node)
+def report(run: Run, results: list[dict[str, Any]]) -> tuple[list[str], str]:
+    """The head's table and verdict: per size the slowest rank's median, algbw and busbw
+    (algbw * 2(n-1)/n, as nccl-tests counts); per node its slowest rank at the largest size."""
+    world, floor, largest = run.world, run.options.min_busbw_gbps, run.sizes[-1][0]
+    lines = [f"preflight: {run.backend} all-reduce of float32, {world} ranks on "
+             f"{run.options.nnodes} node(s), {run.procs} per node, "
+             f"median of {run.options.iters} iterations",
+             f"{'size':>8} {'time_us':>12} {'algbw_GB/s':>12} {'busbw_GB/s':>12}"]
+    busbw = {}
+    for label, nbytes in run.sizes:
+        seconds = max(result["seconds"][label] for result in results)
+        busbw[label] = nbytes / seconds / 1e9 * 2 * (world - 1) / world
+        lines.append(f"{label:>8} {seconds * 1e6:>12.1f} {nbytes / seconds / 1e9:>12.2f} "
+                     f"{busbw[label]:>12.2f}")
+    per_node: dict[str, float] = {}
+    for result in results:
+        per_node[result["node"]] = max(per_node.get(result["node"], 0), result["seconds"][largest])
+    slowest = max(per_node, key=lambda node: per_node[node])
+    lines += [f"per node at {largest}:"]
+    lines += [f"  {node:<24} {seconds * 1e6:>12.1f} us" for node, seconds in per_node.items()]
+    lines += [f"slowest node: {slowest}"]
+    if world == 1:
+        lines += ["note: one rank moves no data over any link, so its bus bandwidth is 0 by "
+                  "definition"]
+    if floor > 0 and world > 1 and busbw[largest] < floor:
+        return lines, (f"preflight: FAILED busbw {busbw[largest]:.2f} GB/s at {largest} is under"
+                       f" the floor of {floor:.2f} GB/s (slowest node: {slowest})")
+    return lines, f"preflight: ok busbw_max={max(busbw.values()):.2f} slowest={slowest}"
 
 
-def local_problem(run: Run) -> str | None:
-    """What on this node makes the check pointless: a missing interface, too few GPUs."""
-    torch, _ = import_torch()
+def judge_progress(run: Run, store: Any) -> None:
+    """The head's turn: publish the report's verdict, or who did not join, or who is late."""
+    ranks, now = range(run.world), time.time()
+    if not run.head_ready and store.check([f"{KEY}rank/{rank}" for rank in range(run.procs)]):
+        # A slow import of torch on the head is not blamed on the other nodes, nor on the head.
+        run.head_ready, run.join_deadline = True, now + run.options.join_timeout
+    if store.check([f"{KEY}result/{rank}" for rank in ranks]):
+        lines, verdict = report(run, [json.loads(read(store, f"result/{rank}")) for rank in ranks])
+        print("\n".join(lines), flush=True)
+        publish(store, verdict)
+    elif run.head_ready and now > run.join_deadline and not store.check(
+            [f"{KEY}rank/{rank}" for rank in ranks]):
+        missing: dict[str, list[str]] = {}
+        for rank in (rank for rank in ranks if not store.check([f"{KEY}rank/{rank}"])):
+            missing.setdefault(run.names[rank // run.procs], []).append(str(rank))
+        publish(store, f"preflight: FAILED did not join within {run.options.join_timeout:g} s: "
+                + "; ".join(f"{node} (ranks {', '.join(ids)})" for node, ids in missing.items()))
+    elif now > run.deadline:
+        stuck = [f"rank {rank} on {run.names[rank // run.procs]} in "
+                 f"{read(store, f'stage/{rank}', 'join')}"
+                 for rank in ranks if not store.check([f"{KEY}result/{rank}"])]
+        publish(store, f"preflight: FAILED no result within {run.options.timeout:g} s: "
+                + ", ".join(stuck[:8]) + (" ..." if len(stuck) > 8 else ""))
+
+
+def prepare_node(run: Run) -> str | None:
+    """Settle the backend and the ranks here (imports torch); say what makes the check
+    pointless on this node: a missing interface, too few GPUs."""
+    torch, dist = import_torch()
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if run.backend == "auto":
+        run.backend = "nccl" if gpus and dist.is_nccl_available() else "gloo"
+    run.procs = run.procs or (gpus if run.backend == "nccl" else 0) or 1
     interfaces = sorted(name for _, name in socket.if_nameindex())
-    checked = ["GLOO_SOCKET_IFNAME"]
-    if not run.options.no_interface_check:
-        checked.append("NCCL_SOCKET_IFNAME")
-    for variable in checked:
+    for variable in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME"):
+        if variable == "NCCL_SOCKET_IFNAME" and run.options.no_interface_check:
+            continue
         problem = interface_problem(variable, os.environ.get(variable, ""), interfaces, run.node)
         if problem:
             return problem
-    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if run.backend == "nccl" and visible < run.procs:
-        return f"{run.node} sees {visible} GPU(s), the check needs {run.procs} (one per rank)"
+    if run.backend == "nccl" and gpus < run.procs:
+        return f"{run.node} sees {gpus} GPU(s), the check needs {run.procs} (one per rank)"
     return None
-
-
-def choose_layout(options: argparse.Namespace) -> tuple[str, int]:
-    """The backend and the number of processes on this node."""
-    torch, dist = import_torch()
-
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    backend = options.backend
-    if backend == "auto":
-        backend = "nccl" if gpus and dist.is_nccl_available() else "gloo"
-    if backend == "nccl":
-        return backend, options.gpus_per_node or options.procs_per_node or gpus or 1
-    return backend, options.procs_per_node or options.gpus_per_node or 1
-
-
-def start_workers(run: Run, environment: dict[str, str]) -> list[subprocess.Popen[bytes]]:
-    """Start one worker process per local rank, running this same file."""
-    base = [sys.executable, os.path.abspath(__file__), *sys.argv[1:]]
-    extra = [
-        "--worker-procs",
-        str(run.procs),
-        "--worker-backend",
-        run.backend,
-        "--worker-deadline",
-        repr(run.deadline),
-    ]
-    return [
-        subprocess.Popen([*base, *extra, "--worker-local-rank", str(local_rank)], env=environment)
-        for local_rank in range(run.procs)
-    ]
-
-
-def stop_workers(workers: list[subprocess.Popen[bytes]]) -> None:
-    """End workers still running (one hung in a collective, say), by their ids."""
-    for worker in workers:
-        if worker.poll() is None:
-            worker.terminate()
-    for worker in workers:
-        try:
-            worker.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
-
-
-def crashed_worker(run: Run, store: Any, workers: list[subprocess.Popen[bytes]]) -> str | None:
-    """A local worker that died without saying why, as a message."""
-    for local_rank, worker in enumerate(workers):
-        code = worker.poll()
-        rank = run.options.node_rank * run.procs + local_rank
-        if code not in (None, 0, JOIN_EXIT_CODE) and not has_key(store, f"error/{rank}"):
-            return f"rank {rank} on {run.node} exited with code {code} (its stderr is above)"
-    return None
-
-
-def first_message(store: Any, prefix: str, count: int) -> str | None:
-    """The first of the messages stored under prefix/0..count-1."""
-    for index in range(count):
-        if has_key(store, f"{prefix}/{index}"):
-            return read_key(store, f"{prefix}/{index}")
-    return None
-
-
-def missing_ranks(run: Run, store: Any) -> str:
-    """Which ranks never wrote their join key, grouped by node name."""
-    by_node: dict[str, list[int]] = {}
-    for rank in range(run.world):
-        if not has_key(store, f"rank/{rank}"):
-            by_node.setdefault(run.node_label(rank // run.procs), []).append(rank)
-    parts = [f"{node} (ranks {', '.join(map(str, ranks))})" for node, ranks in by_node.items()]
-    return "; ".join(parts)
-
-
-def unfinished_ranks(run: Run, store: Any) -> str:
-    """Ranks without a result at the deadline, with the stage each was stuck in."""
-    stuck = []
-    for rank in range(run.world):
-        if not has_key(store, f"result/{rank}"):
-            stage = read_key(store, f"stage/{rank}") if has_key(store, f"stage/{rank}") else "join"
-            stuck.append(f"rank {rank} on {run.node_label(rank // run.procs)} in {stage}")
-    return ", ".join(stuck[:8]) + (" ..." if len(stuck) > 8 else "")
-
-
-def summarize(run: Run, results: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per size: the slowest rank's median, algbw and busbw; per node: its time at the largest."""
-    factor = bus_bandwidth_factor(run.world)
-    rows = []
-    for size in run.sizes:
-        seconds = max(result["seconds"][size.label] for result in results)
-        algbw = size.nbytes / seconds / 1e9
-        rows.append(
-            {
-                "size": size.label,
-                "bytes": size.nbytes,
-                "seconds": seconds,
-                "algbw_gbps": algbw,
-                "busbw_gbps": algbw * factor,
-            }
-        )
-    largest = run.sizes[-1].label
-    per_node: dict[str, float] = {}
-    for result in results:
-        node = result["node"]
-        per_node[node] = max(per_node.get(node, 0.0), result["seconds"][largest])
-    slowest = max(per_node, key=lambda node: per_node[node])
-    return {
-        "backend": run.backend,
-        "world_size": run.world,
-        "nnodes": run.options.nnodes,
-        "procs_per_node": run.procs,
-        "iters": run.options.iters,
-        "sizes": rows,
-        "per_node_seconds_at_largest": per_node,
-        "slowest": slowest,
-    }
-
-
-def print_table(report: dict[str, Any]) -> None:
-    """The human-readable report the head prints."""
-    print(
-        f"preflight: {report['backend']} all-reduce of float32, {report['world_size']} ranks "
-        f"on {report['nnodes']} node(s), {report['procs_per_node']} per node, "
-        f"median of {report['iters']} iterations"
-    )
-    print(f"{'size':>8} {'time_us':>12} {'algbw_GB/s':>12} {'busbw_GB/s':>12}")
-    for row in report["sizes"]:
-        print(
-            f"{row['size']:>8} {row['seconds'] * 1e6:>12.1f} "
-            f"{row['algbw_gbps']:>12.2f} {row['busbw_gbps']:>12.2f}"
-        )
-    largest = report["sizes"][-1]["size"]
-    print(f"per node at {largest}:")
-    for node, seconds in report["per_node_seconds_at_largest"].items():
-        print(f"  {node:<24} {seconds * 1e6:>12.1f} us")
-    print(f"slowest node: {report['slowest']}")
-    if report["world_size"] == 1:
-        print("note: one rank moves no data over any link, so its bus bandwidth is 0 by definition")
-
-
-def judge(run: Run, report: dict[str, Any]) -> str:
-    """The verdict line for a finished measurement, with the bandwidth floor applied."""
-    last = report["sizes"][-1]
-    busbw_max = max(row["busbw_gbps"] for row in report["sizes"])
-    floor = run.options.min_busbw_gbps
-    if floor > 0 and run.world > 1 and last["busbw_gbps"] < floor:
-        return (
-            f"preflight: FAILED busbw {last['busbw_gbps']:.2f} GB/s at {last['size']} is under "
-            f"the floor of {floor:.2f} GB/s (slowest node: {report['slowest']})"
-        )
-    return f"preflight: ok busbw_max={busbw_max:.2f} slowest={report['slowest']}"
-
-
-def supervise_as_head(run: Run, store: Any, workers: list[subprocess.Popen[bytes]]) -> str:
-    """Watch every rank until all report, one fails, or a deadline passes; return the verdict."""
-    # The join clock starts once the head's own ranks are up, so that a slow import of torch
-    # here is not blamed on the other nodes, nor on the head itself.
-    head_ready = False
-    while True:
-        failure = (
-            first_message(store, "fail", run.options.nnodes)
-            if store.add(KEY + "failures", 0)
-            else None
-        )
-        if failure is None and store.add(KEY + "errors", 0):
-            failure = first_message(store, "error", run.world)
-        failure = failure or crashed_worker(run, store, workers)
-        if failure:
-            return f"preflight: FAILED {failure}"
-        for node_rank in range(run.options.nnodes):
-            if has_key(store, f"node/{node_rank}"):
-                procs = int(json.loads(read_key(store, f"node/{node_rank}"))["procs"])
-                if procs != run.procs:
-                    return (
-                        f"preflight: FAILED {run.node_label(node_rank)} starts {procs} ranks, "
-                        f"the head {run.procs}: give every node the same --gpus-per-node"
-                    )
-        if store.add(KEY + "results", 0) >= run.world:
-            results = [json.loads(read_key(store, f"result/{rank}")) for rank in range(run.world)]
-            report = summarize(run, results)
-            if run.options.json:
-                print(json.dumps(report))
-            else:
-                print_table(report)
-            return judge(run, report)
-        now = time.time()
-        if not head_ready and all(has_key(store, f"rank/{rank}") for rank in range(run.procs)):
-            head_ready = True
-            run.join_deadline = now + run.options.join_timeout
-        if head_ready and now > run.join_deadline and store.add(KEY + "joined", 0) < run.world:
-            return (
-                f"preflight: FAILED did not join within {run.options.join_timeout:g} s: "
-                f"{missing_ranks(run, store)}"
-            )
-        if now > run.deadline:
-            return (
-                f"preflight: FAILED no result within {run.options.timeout:g} s: "
-                f"{unfinished_ranks(run, store)}"
-            )
-        time.sleep(POLL_SECONDS)
 
 
 def await_verdict(run: Run, store: Any, workers: list[subprocess.Popen[bytes]]) -> str:
-    """On a node other than the head: report local crashes, then wait for the head's verdict."""
-    reported = False
-    while time.time() < run.deadline + ACK_SECONDS:
-        if has_key(store, "verdict"):
-            return read_key(store, "verdict")
-        crash = None if reported else crashed_worker(run, store, workers)
-        if crash:
-            store.set(f"{KEY}fail/{run.options.node_rank}", crash)
-            store.add(KEY + "failures", 1)
-            reported = True
+    """Until a verdict is out: name a local rank that died without one; the head judges."""
+    while not store.check([KEY + "verdict"]):
+        for local_rank, worker in enumerate(workers):
+            if worker.poll():  # a rank that failed published why before it exited: a crash
+                rank = run.options.node_rank * run.procs + local_rank
+                publish(store, f"preflight: FAILED rank {rank} on {run.node} exited with code "
+                        f"{worker.returncode} (its stderr is above)")
+        if run.options.node_rank == 0:
+            judge_progress(run, store)
+        elif time.time() > run.deadline + ACK_SECONDS:
+            return (f"preflight: FAILED {run.node} got no verdict from the head "
+                    f"{run.options.master_addr}:{run.options.master_port} in time")
         time.sleep(POLL_SECONDS)
-    return (
-        f"preflight: FAILED {run.node} got no verdict from the head "
-        f"{run.options.master_addr}:{run.options.master_port} in time"
-    )
+    return read(store, "verdict")
 
 
-def run_node(run: Run) -> int:
-    """One node: check locally, rendezvous, start the workers, print the verdict."""
-    options = run.options
-    is_head = options.node_rank == 0
-    print(
-        f"preflight: node {run.node} (node rank {options.node_rank} of {options.nnodes}), "
-        f"head {options.master_addr}:{options.master_port}"
-    )
-    for line in shown_environment():
-        print(f"preflight: env {line}")
-    sys.stdout.flush()
-    worker_environment = dict(os.environ)
+def linger(run: Run, store: Any) -> None:
+    """Keep the head's store up after the verdict until every node that joined, or may still
+    join, has read it (ACK_SECONDS at most)."""
+    give_up = time.time() + ACK_SECONDS
+    while time.time() < give_up:
+        joined = store.add(KEY + "nodes", 0)
+        if store.add(KEY + "acks", 0) >= joined and (
+                joined == run.options.nnodes - 1 or time.time() > run.join_deadline):
+            return
+        time.sleep(POLL_SECONDS)
+
+
+def run_node(run: Run) -> str:
+    """One node's launcher: check locally, rendezvous, start the ranks; return the verdict."""
+    options, is_head = run.options, run.options.node_rank == 0
+    head = f"{options.master_addr}:{options.master_port}"
+    print(f"preflight: node {run.node} (node rank {options.node_rank} of {options.nnodes}), "
+          f"head {head}")
+    print("".join(f"preflight: env {line}\n" for line in shown_environment()), end="", flush=True)
+    environment = dict(os.environ)
     # The store client logs a C++ stack for every refused connection; the verdict says it better.
     os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "FATAL")
     try:
-        run.backend, run.procs = choose_layout(options)
+        problem = prepare_node(run)
     except ImportError as error:
-        print(
-            f"preflight: FAILED torch is not importable on {run.node} ({sys.executable}): {error}"
-        )
-        return 1
-    problem = local_problem(run)
+        return (f"preflight: FAILED torch is not importable on {run.node} ({sys.executable}): "
+                f"{error}")
     if problem:
         print(f"preflight: {problem}", flush=True)
     try:
         socket.getaddrinfo(options.master_addr, options.master_port)
-        timeout = run.remaining() if is_head else run.join_deadline - time.time()
-        store = run.connect(is_head, timeout)
+        store = run.connect(is_head, run.deadline if is_head else run.join_deadline)
     except Exception as error:  # the store's own errors say little: name both ends
         role = "serve the rendezvous at" if is_head else "reach the head at"
-        print(
-            f"preflight: FAILED {problem or ''}{'; ' if problem else ''}{run.node} could not "
-            f"{role} {options.master_addr}:{options.master_port}: {one_line(str(error))[:300]}"
-        )
-        return 1
+        return (f"preflight: FAILED {problem + '; ' if problem else ''}{run.node} could not "
+                f"{role} {head}: {one_line(error)[:300]}")
     workers: list[subprocess.Popen[bytes]] = []
-    if problem:
-        store.set(f"{KEY}fail/{options.node_rank}", problem)
-        store.add(KEY + "failures", 1)
-    else:
-        store.set(
-            f"{KEY}node/{options.node_rank}",
-            json.dumps({"name": run.node, "procs": run.procs, "backend": run.backend}),
-        )
-        workers = start_workers(run, worker_environment)
     try:
         if is_head:
-            verdict = one_line(supervise_as_head(run, store, workers))
-            store.set(KEY + "verdict", verdict)
-            wait_for_acknowledgements(run, store)
+            store.set(KEY + "procs", str(run.procs))
         else:
-            verdict = one_line(await_verdict(run, store, workers))
-            store.set(f"{KEY}ack/{options.node_rank}", "1")
+            store.add(KEY + "nodes", 1)
+            head_procs = int(store.get(KEY + "procs"))
+            if head_procs != run.procs and not problem:
+                problem = (f"{run.node} starts {run.procs} ranks, the head {head_procs}: "
+                           "give every node the same --gpus-per-node")
+        if problem:
+            publish(store, f"preflight: FAILED {problem}")
+        else:  # this same file, told the layout chosen here
+            command = [sys.executable, os.path.abspath(__file__), *sys.argv[1:], "--backend",
+                       run.backend, "--procs-per-node", str(run.procs), "--worker-rank"]
+            workers = [subprocess.Popen([*command, str(local_rank)], env=environment)
+                       for local_rank in range(run.procs)]
+        verdict = await_verdict(run, store, workers)
+        if is_head:
+            linger(run, store)
+        else:
+            store.add(KEY + "acks", 1)
     except Exception as error:  # the head went away under us
-        verdict = f"preflight: FAILED {run.node} lost the rendezvous: {one_line(str(error))[:300]}"
+        verdict = f"preflight: FAILED {run.node} lost the rendezvous: {one_line(error)[:300]}"
     finally:
-        stop_workers(workers)
-    print(verdict, flush=True)
-    return 0 if verdict.startswith("preflight: ok") else 1
-
-
-def wait_for_acknowledgements(run: Run, store: Any) -> None:
-    """Keep the store up, briefly, until every node that joined or may still join has read it."""
-    give_up = time.time() + ACK_SECONDS
-    for node_rank in range(1, run.options.nnodes):
-        while time.time() < give_up and not has_key(store, f"ack/{node_rank}"):
-            joined = has_key(store, f"node/{node_rank}") or has_key(store, f"fail/{node_rank}")
-            if not joined and time.time() > run.join_deadline:
-                break
-            time.sleep(POLL_SECONDS)
+        for worker in workers:  # end those still running (one hung in a collective, say)
+            worker.terminate()
+        for worker in workers:
+            try:
+                worker.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
+    return verdict
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: a node launcher, or (hidden flags) one worker rank."""
-    started = time.time()
+    """Entry point: a node's launcher, or (hidden --worker-rank) one of its ranks."""
     options = build_parser().parse_args(argv)
     try:
-        run = Run(options, started)
+        run = Run(options, time.time())
     except ValueError as error:
-        print(f"preflight: FAILED {error}")
-        return 1
-    if options.worker_local_rank >= 0:
-        return run_worker(run)
-    return run_node(run)
+        verdict = f"preflight: FAILED {error}"
+    else:
+        if options.worker_rank >= 0:
+            return run_worker(run, options.worker_rank)
+        verdict = run_node(run)
+    print(one_line(verdict), flush=True)
+    return 0 if verdict.startswith("preflight: ok") else 1
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import re
 from slurm_sglang.profile import load_profile
 from slurm_sglang.render import render_script, support_files
 
-SCRIPT_BUDGET = 2836
+SCRIPT_BUDGET = 2808
 LAUNCH_PLAN_BUDGET = 1233
 EMBEDDED_PROGRAM_LIMIT = 50
 HEREDOC = re.compile(r"<<-?\s*'?\"?([A-Za-z_]+)'?\"?\s*$")
