@@ -9,6 +9,7 @@ for byte, its exit codes, and every rule's message written once in the repositor
 from __future__ import annotations
 
 import ast
+import os
 import re
 import shutil
 import subprocess
@@ -371,6 +372,21 @@ def test_module_and_package_are_one_file() -> None:
     link = REPO / "sbatch" / "slurm-sglang"
     if link.is_symlink():
         assert (link / "launch_plan.py").resolve() == MODULE.resolve()
+
+
+def test_writing_the_support_files_again_leaves_unchanged_ones_as_they_were(tmp_path: Path
+                                                                           ) -> None:
+    # The script imports launch_plan.py, so python keeps it compiled in __pycache__ beside
+    # it; a file rewritten at every submit would make every job compile it again.
+    from slurm_sglang.render import write_support_dir
+
+    write_support_dir(tmp_path)
+    module = tmp_path / "launch_plan.py"
+    os.utime(module, (1, 1))
+    (tmp_path / "stage_model.py").write_text("changed")
+    write_support_dir(tmp_path)
+    assert module.stat().st_mtime == 1
+    assert (tmp_path / "stage_model.py").read_text() != "changed"
 
 
 @pytest.mark.parametrize(("argv", "reads"), [
