@@ -195,48 +195,35 @@ def submit(
     stage_model is the script's --stage-model: a node-local directory, or "none"; transport,
     with ssh, is an open one to that host (tests pass a fake scheduler's)."""
     from slurm_sglang.jobs import save_record
+    from slurm_sglang.launch_plan import IMAGE_FILE_SUFFIXES, parse_script_argv, script_argv
     from slurm_sglang.render import render_script
     from slurm_sglang.submit import SubmitRequest, submit_local, submit_remote, time_minutes
 
     if time:
         time_minutes(time)
-    if stage_model and stage_model != "none" and not stage_model.startswith("/"):
-        raise UserInputError(f"--stage-model: {stage_model!r} is not an absolute path (a "
-                             "node-local directory, e.g. /local/nvme/models; none: no staging)")
+    workspace = workspace or load_profile(cluster).paths.workspace or str(Path.cwd())
+    torch_dir = "" if torch_profile is None else _profile_dir(torch_profile, workspace, bool(ssh))
+    # The script's own flags from its table, checked as the script checks them; the files
+    # they name only here (over SSH the script checks them where they are).
+    script_args = script_argv({"WORKSPACE": workspace, "PORT": str(port),
+                               "HEALTH_TIMEOUT": str(health_timeout), "IMAGE": image,
+                               "API_KEY_FILE": api_key_file, "STAGE_MODEL": stage_model,
+                               "TORCH_PROFILE_DIR": torch_dir})
+    parse_script_argv(script_args, {"PWD": str(Path.cwd())}, local=not ssh)
     # The cheap checks first: sglang's own parser (seconds) runs once everything else passed.
     quick = check(sglang_args, cluster, nodes, port=port, health_timeout=health_timeout,
                   image=image)
     if quick.problems:
         raise UserInputError("; ".join(quick.problems))
     profile = quick.profile
-    workspace = workspace or profile.paths.workspace or str(Path.cwd())
     if not ssh:
-        if not Path(workspace).is_dir():
-            raise UserInputError(f"--workspace: {workspace} is not a directory")
-        image_file = image.endswith((".tar", ".tar.gz", ".tgz", ".tar.zst", ".sqsh", ".sif"))
+        image_file = image.endswith(IMAGE_FILE_SUFFIXES)
         if image_file and not Path(image).is_file():
             raise UserInputError(f"--image: {image} does not exist (make it with: python -m "
                                  f"slurm_sglang image save REF -o {image})")
-        if api_key_file and not Path(api_key_file).is_file():
-            raise UserInputError(f"--api-key-file: {api_key_file} does not exist")
-        # The script refuses it too (over SSH only the script can see the file).
-        if api_key_file and Path(api_key_file).stat().st_mode & 0o077:
-            mode = Path(api_key_file).stat().st_mode & 0o777
-            raise UserInputError(f"--api-key-file: {api_key_file} is readable by group or "
-                                 f"others (mode {mode:o}): chmod 600 {api_key_file}")
     report = with_parser_verdicts(quick)
     if report.problems:
         raise UserInputError("; ".join(report.problems))
-    script_args: list[str] = ["--workspace", workspace, "--port", str(port),
-                              "--health-timeout", str(health_timeout)]
-    if image:
-        script_args += ["--image", image]
-    if api_key_file:
-        script_args += ["--api-key-file", api_key_file]
-    if stage_model:
-        script_args.append(f"--stage-model={stage_model}")
-    if torch_profile is not None:
-        script_args.append(f"--profile={_profile_dir(torch_profile, workspace, bool(ssh))}")
     script_args += ["--", *report.spec.sglang_args]
     request = SubmitRequest(
         profile=profile, cluster=cluster,

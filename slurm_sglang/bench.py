@@ -704,21 +704,11 @@ def compare_summaries(first: Mapping[str, Any], second: Mapping[str, Any]) -> st
 
 
 def read_api_key(path: str | None, environ: Mapping[str, str]) -> str | None:
-    """The server's API key: from path (a file of the user's alone), else environ's
-    SLURM_SGLANG_API_KEY; None without either."""
-    if not path:
-        return environ.get("SLURM_SGLANG_API_KEY") or None
-    try:
-        mode = Path(path).stat().st_mode & 0o777
-        key = Path(path).read_text().strip()
-    except OSError as error:
-        raise UserInputError(f"--api-key-file: cannot read {path}: {error.strerror}") from None
-    if mode & 0o077:
-        raise UserInputError(f"--api-key-file: {path} is readable by group or others (mode "
-                             f"{mode:o}): chmod 600 {path}")
-    if not key:
-        raise UserInputError(f"--api-key-file: {path} is empty")
-    return key
+    """The server's API key: from path (a file of the user's alone, its first line, as the
+    script reads it), else environ's SLURM_SGLANG_API_KEY; None without either."""
+    from slurm_sglang.launch_plan import api_key
+
+    return api_key(path or "", environ) or None
 
 
 def parse_assignments(items: Sequence[str] | None, name: str) -> dict[str, str]:

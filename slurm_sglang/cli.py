@@ -175,17 +175,34 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _bounded(low: int, high: int, words: str = "{0!r} is not a whole number from {1} to {2}"
-             ) -> Callable[[str], int]:
-    """An argparse type: a whole number from low to high by launch_plan's rule, the script's
-    (no '08', '+8', '1_6' or fullwidth digits); words say what is wrong."""
+def _bounded(flag: str, low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: a whole number from low to high by launch_plan's rule and message,
+    the script's (no '08', '+8', '1_6' or fullwidth digits)."""
     from slurm_sglang.launch_plan import bounded_int
 
     def convert(text: str) -> int:
         try:
-            return bounded_int("value", text, low, high)
-        except UserInputError:
-            raise argparse.ArgumentTypeError(words.format(text[:40], low, high)) from None
+            return bounded_int(flag, text, low, high)
+        except UserInputError as exc:
+            # argparse names the flag itself.
+            raise argparse.ArgumentTypeError(str(exc).removeprefix(f"{flag}: ")) from None
+
+    return convert
+
+
+def _script_flag(name: str) -> Callable[[str], int]:
+    """An argparse type for one of the script's own numeric flags: its check in launch_plan's
+    table, with its message."""
+    from slurm_sglang.launch_plan import script_flag
+
+    check = script_flag(name).check
+    assert check is not None, name
+
+    def convert(text: str) -> int:
+        try:
+            return int(check(text))
+        except UserInputError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
 
     return convert
 
@@ -214,11 +231,9 @@ def _verb(verbs: Any, name: str, text: str, run: Callable[[Args], int] | None, *
 def build_parser() -> argparse.ArgumentParser:
     """The full command-line grammar, each verb with what it runs."""
     from slurm_sglang import __version__, bench
-    from slurm_sglang.launch_plan import PORT_MAX, PORT_MIN
-
-    nodes, gpus = _bounded(1, 10000), _bounded(1, 64)  # launch_plan's bounds (issue 23 item 7)
-    port, positive = _bounded(PORT_MIN, PORT_MAX, "{0} is not a TCP port ({1}-{2})"), _bounded(
-        1, 999999)
+    # launch_plan's bounds (issue 23 item 7); --port and --health-timeout are the script's.
+    nodes, gpus = _bounded("--nodes", 1, 10000), _bounded("--gpus-per-node", 1, 64)
+    port, seconds = _script_flag("--port"), _script_flag("--health-timeout")
     one_json = "print one JSON object"
     parser = _Parser(prog=PROG, description="Serve SGLang across the nodes of a SLURM cluster.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
@@ -245,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--name", default="sglang", help="job name (default: sglang)")
     sub.add_argument("--image", help="image tarball or registry reference")
     sub.add_argument("--port", type=port, default=30000, help="HTTP port (default 30000)")
-    sub.add_argument("--health-timeout", type=positive, default=1800,
+    sub.add_argument("--health-timeout", type=seconds, default=1800,
                      help="seconds to wait for /health (default 1800)")
     sub.add_argument("--workspace", help="shared directory for scripts and logs")
     sub.add_argument("--stage-model", metavar="DIR", help="copy the model to DIR/$USER/ on each "
@@ -369,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = _verb(verbs, "sandbox", "a local multi-node SLURM cluster (root)", cmd_sandbox,
                 json_help=one_json)
     sub.add_argument("sandbox_verb", choices=["up", "down", "status", "demo"])
-    sub.add_argument("--nodes", type=positive, default=4, help="nodes for up (default 4)")
+    sub.add_argument("--nodes", type=nodes, default=4, help="nodes for up (default 4)")
     return parser
 
 

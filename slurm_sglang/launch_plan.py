@@ -1,20 +1,34 @@
 """The launch plan: sglang's argv read as argparse reads it, the launcher's rules, the placement.
 
 The one source of truth for `check`, `submit` and the script: the package imports this file and
-the rendered script runs it once where it starts (`python3 -I -S launch_plan.py bash ...`), from
+the rendered script runs it once where it starts (`python3 -I -S launch_plan.py script ...`), from
 the support directory beside the script. Hence stdlib only and Python 3.6 (RHEL 8's python3):
 no dataclasses, no `from __future__`, typing's old generics. docs/architecture.md says why.
 """
 
+import collections
 import functools
 import hashlib
 import json
 import os
 import re
 import shlex
+import stat
 import sys
 from math import ceil
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple, Union
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    List,
+    Mapping,
+    NamedTuple,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+    Union,
+)
 
 LATEST_KNOWN = "0.5.23"
 REGENERATE_HINT = (
@@ -817,9 +831,10 @@ def plan(par: Parallelism, nodes: int, gpus_per_node: int, port: int = 30000) ->
     if not 0 <= gpus_per_node <= GPUS_PER_NODE_MAX:
         raise PlanError("GPUs per node: {} is not from 1 to {}".format(
             gpus_per_node, GPUS_PER_NODE_MAX))
-    if not PORT_MIN <= port <= PORT_MAX:
-        raise PlanError("--port: {} is not a TCP port from {} to {}".format(
-            port, PORT_MIN, PORT_MAX))
+    try:
+        tcp_port(str(port))
+    except FlagError as exc:
+        raise PlanError("--port: {}".format(exc)) from None
     if uses_replicas(par, nodes):
         # The replicas' HTTP block and the router's metrics port sit right above --port.
         top = router_metrics_port(port, par.dp)
@@ -1024,18 +1039,14 @@ def choose_ports(listening: Mapping[str, Sequence[int]], job_id: int, port: int,
 
 def port_assignments(choice: PortChoice) -> str:
     """The port choice as bash assignments; problems as PORT_PROBLEMS (NODES<TAB>message)."""
-    values = [
+    return shell_assignments([
         ("PORT", str(choice.port)), ("DIST_PORT", str(choice.dist_port)),
         ("REPLICA_BASE_PORT", str(choice.replica_base_port)),
         ("REPLICA_DIST_PORTS", ",".join(str(p) for p in choice.replica_dist_ports)),
         ("ROUTER_METRICS_PORT", str(choice.router_metrics_port or "")),
         ("PREFLIGHT_NCCL_PORT", str(choice.nccl_port or "")),
-    ]
-    lines = ["{}={}".format(name, shlex.quote(value)) for name, value in values]
-    rows = " ".join(shlex.quote("{}\tports\t{}".format(nodes, message))
-                    for nodes, message in choice.problems)
-    lines.append("PORT_PROBLEMS=({})".format(rows))
-    return "\n".join(lines) + "\n"
+    ], [("PORT_PROBLEMS", ["{}\tports\t{}".format(nodes, message)
+                           for nodes, message in choice.problems])])
 
 
 def _ports_main(options: List[str]) -> int:
@@ -1053,10 +1064,332 @@ def _ports_main(options: List[str]) -> int:
     return 0
 
 
-# ---- the script's view: one call, shell assignments --------------------------------------------
+# ---- the script's own flags: one table, its reader, its checks and its usage -----------------
 
+
+class FlagError(UserInputError):
+    """A bad flag of run.sbatch's own; the message names the flag and the fix."""
+
+
+# Digits only, no leading zero, few enough for bash arithmetic (which reads '08' as octal).
+_COUNT = re.compile(r"^(0|[1-9][0-9]{0,8})$")
+CONTAINER_CLIS = ("docker", "podman", "enroot", "apptainer", "singularity", "none")
+GPUS_MODES = ("docker", "cdi", "env", "none")
 ROUTER_POLICIES = ("cache_aware", "round_robin", "random", "power_of_two")
+IMAGE_FILE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.zst", ".sqsh", ".sif")
 
+
+def whole_count(raw: str) -> str:
+    """A whole number written plainly (0 included), else FlagError."""
+    if not _COUNT.match(raw):
+        raise FlagError("{!r} is not a whole number".format(raw[:40]))
+    return raw
+
+
+def tcp_port(raw: str) -> str:
+    """A TCP port a user may listen on (ports below 1024 are root's), else FlagError."""
+    if not PORT_MIN <= int(whole_count(raw)) <= PORT_MAX:
+        raise FlagError("{} is not a TCP port ({}-{})".format(raw, PORT_MIN, PORT_MAX))
+    return raw
+
+
+def _dist_port(raw: str) -> str:
+    return raw if raw == "0" else tcp_port(raw)  # 0: derived from the job id
+
+
+def _seconds(raw: str) -> str:
+    if whole_count(raw) == "0":
+        raise FlagError("must be at least 1 second")
+    return raw
+
+
+def _min_replicas(raw: str) -> str:
+    if not _COUNT.match(raw) or raw == "0":
+        raise FlagError("{!r} is not a whole number >= 1".format(raw[:40]))
+    return raw
+
+
+def _container_cli(raw: str) -> str:
+    if raw not in CONTAINER_CLIS:
+        raise FlagError("{!r} is not one of docker, podman (or the profile's runtime)".format(raw))
+    return raw
+
+
+def _gpus_mode(raw: str) -> str:
+    if raw not in GPUS_MODES:
+        raise FlagError("{!r} is not one of docker, cdi, env, none".format(raw))
+    return raw
+
+
+def _router_policy(raw: str) -> str:
+    if raw not in ROUTER_POLICIES:
+        raise FlagError("{!r} is not one of cache_aware, round_robin, random, power_of_two".format(
+            raw))
+    return raw
+
+
+def _stage_model(raw: str) -> str:
+    if raw == "none":
+        return ""
+    if raw and not raw.startswith("/"):
+        raise FlagError("{!r} is not an absolute path (a node-local directory, e.g. "
+                        "/local/nvme/models; none: no staging)".format(raw))
+    return raw
+
+
+class ScriptFlag(NamedTuple):
+    """One of run.sbatch's own flags: its spellings (the long one last), the shell variable it
+    sets, its value's name ('' for a switch, which sets 1), its default and its help line.
+
+    default lists candidates, the first non-empty one wins: '$NAME' reads the environment (the
+    script's `declare -rx` constants, or the user's variables), anything else is literal. help
+    may name {default} and the environment's {NAME}; a newline continues it below."""
+
+    names: Tuple[str, ...]
+    var: str
+    metavar: str
+    default: Tuple[str, ...]
+    help: str
+    check: Optional[Callable[[str], str]] = None
+
+
+SCRIPT_FLAGS = (
+    ScriptFlag(("--image",), "IMAGE", "PATH|REF", ("$DEFAULT_IMAGE", "sglang-serve-latest.tar.gz"),
+               "image tarball (.tar, .tar.gz, .tar.zst) or registry reference\n"
+               "(default: $WORKSPACE/{default})"),
+    ScriptFlag(("--container-mount",), "CONTAINER_MOUNT", "PATH", ("$DEFAULT_CONTAINER_MOUNT",),
+               "shared directory mounted into the containers (default: {default})"),
+    ScriptFlag(("-w", "--workspace"), "WORKSPACE", "PATH", ("$DEFAULT_WORKSPACE", "$PWD"),
+               "where logs/<jobid>/ is written (default: $PWD)"),
+    ScriptFlag(("-f", "--force"), "FORCE", "", ("0",),
+               "remove this toolkit's containers and reload the image on every node"),
+    ScriptFlag(("--profile",), "TORCH_PROFILE_DIR", "[DIR]", ("",),
+               "write PyTorch profiler traces to DIR (SGLANG_TORCH_PROFILER_DIR);\n"
+               "bare, or followed by a word that starts with '-', to\n"
+               "$PWD/sglang_profile; --profile=DIR always takes DIR"),
+    ScriptFlag(("--quiet",), "QUIET", "", ("0",),
+               "do not follow the head's log in the terminal (it stays in logs/)"),
+    ScriptFlag(("--port",), "PORT", "PORT", ("30000",),
+               "the head's HTTP port (default: {default})", tcp_port),
+    ScriptFlag(("--dist-port",), "DIST_PORT", "PORT", ("0",),
+               "the head's dist-init port (default: derived from the job id)", _dist_port),
+    ScriptFlag(("--health-timeout",), "HEALTH_TIMEOUT", "SEC", ("1800",),
+               "seconds to wait for /health after the ranks start (default: {default})",
+               _seconds),
+    ScriptFlag(("--container-cli",), "CONTAINER_CLI", "CLI",
+               ("$SLURM_SGLANG_CONTAINER_CLI", "$CONTAINER_RUNTIME", "docker"),
+               "docker or podman (default: $SLURM_SGLANG_CONTAINER_CLI or the profile's)",
+               _container_cli),
+    ScriptFlag(("--gpus-mode",), "GPUS_MODE", "MODE",
+               ("$SLURM_SGLANG_GPUS_MODE", "$PROFILE_GPUS_MODE"),
+               "how a container gets its GPUs: docker (--gpus), cdi, env\n"
+               "(CUDA_VISIBLE_DEVICES only) or none (default: $SLURM_SGLANG_GPUS_MODE\n"
+               "or {PROFILE_GPUS_MODE})", _gpus_mode),
+    ScriptFlag(("--skip-preflight",), "SKIP_PREFLIGHT", "", ("0",),
+               "do not check the nodes before starting the ranks"),
+    ScriptFlag(("--dry-run",), "DRY_RUN", "", ("0",),
+               "print the plan (servers, nodes, GPU sets, ports, router) and exit,\n"
+               "starting nothing; exit 2 with the reason if it does not fit"),
+    ScriptFlag(("--preflight-nccl",), "PREFLIGHT_NCCL_FLAG", "", ("0",),
+               "time an all-reduce over every node before the ranks start (on\n"
+               "by the profile's preflight.nccl; docs/preflight.md)"),
+    ScriptFlag(("--preflight-nccl-only",), "PREFLIGHT_NCCL_ONLY", "", ("0",),
+               "run that check alone and stop (no sglang arguments)"),
+    ScriptFlag(("--stage-model",), "STAGE_MODEL", "DIR", ("$DEFAULT_STAGE_MODEL",),
+               "copy the model to DIR/$USER/ on each node's local disk first, reading\n"
+               "the shared copy once (default: {default}; docs/staging.md)", _stage_model),
+    ScriptFlag(("--api-key-file",), "API_KEY_FILE", "FILE", ("",),
+               "sglang's --api-key, read from FILE (or from $SLURM_SGLANG_API_KEY); it\n"
+               "reaches the head by environment, never a command line or a log"),
+    ScriptFlag(("--min-replicas",), "MIN_REPLICAS", "K", ("0",),
+               "with --dp N across nodes (N replicas behind sglang-router): serve\n"
+               "once K replicas are healthy (default: all N)", _min_replicas),
+    ScriptFlag(("--replica-restarts",), "REPLICA_RESTARTS", "N", ("2",),
+               "restart a failed replica in place up to N times (default: {default})",
+               whole_count),
+    ScriptFlag(("--exit-on-replica-failure",), "EXIT_ON_REPLICA_FAILURE", "", ("0",),
+               "end the job when any replica fails, instead of serving on"),
+    ScriptFlag(("--router-policy",), "ROUTER_POLICY", "POLICY",
+               ("$PROFILE_ROUTER_POLICY", "cache_aware"),
+               "cache_aware, round_robin, random or power_of_two\n(default: {default})",
+               _router_policy),
+    ScriptFlag(("-h", "--help"), "", "", (), "this help"),
+    ScriptFlag(("--",), "", "", (), "everything after goes to sglang, even names listed above"),
+)
+_FLAG_BY_NAME = {name: flag for flag in SCRIPT_FLAGS[:-1] for name in flag.names}
+
+
+def script_flag(name: str) -> ScriptFlag:
+    """The row of the script's flag table that a spelling names (KeyError if none)."""
+    return _FLAG_BY_NAME[name]
+
+
+class ScriptArgs(NamedTuple):
+    """run.sbatch's argv read and checked: each flag's value by variable (defaults filled,
+    paths absolute), sglang's arguments as typed, the API key read from --api-key-file, and
+    help when -h/--help was given."""
+
+    values: Dict[str, str]
+    sglang_args: Tuple[str, ...]
+    api_key: str = ""
+    help: bool = False
+
+
+def _here(environ: Mapping[str, str]) -> str:
+    """Where the script starts: bash's PWD (it keeps the path as the user typed it)."""
+    return environ.get("PWD") or os.getcwd()
+
+
+def _default(flag: ScriptFlag, environ: Mapping[str, str]) -> Tuple[str, bool]:
+    """A flag's default and whether it came from the environment (and so needs checking)."""
+    for candidate in flag.default:
+        if candidate.startswith("$"):
+            name = candidate[1:]
+            value = _here(environ) if name == "PWD" else environ.get(name, "")
+            if value:
+                return value, True
+        elif candidate:
+            return candidate, False
+    return "", False
+
+
+def parse_script_argv(argv: Sequence[str], environ: Mapping[str, str], local: bool = True
+                      ) -> ScriptArgs:
+    """Read run.sbatch's argv as the script does and check every flag; FlagError names the
+    flag. environ holds what defaults read (the script's constants, PWD); local also checks
+    the files the flags name (the workspace, --api-key-file) and reads the key."""
+    values, given, sglang = {}, set(), []  # type: Dict[str, str], Set[str], List[str]
+    index = 0
+    while index < len(argv):
+        token = argv[index]
+        index += 1
+        if token == "--":
+            sglang.extend(argv[index:])
+            break
+        name, eq, inline = token.partition("=") if token.startswith("--") else (token, "", "")
+        flag = _FLAG_BY_NAME.get(name)
+        if flag is None:
+            sglang.append(token)  # sglang's, byte for byte
+            continue
+        if not flag.metavar and eq:
+            raise FlagError("{} takes no value (see --help)".format(name))
+        if not flag.var:
+            return ScriptArgs({}, (), help=True)
+        if not flag.metavar:
+            values[flag.var] = "1"
+        elif eq:
+            values[flag.var] = inline
+            if name == "--profile" and not inline:
+                raise FlagError("--profile=: no directory after '=' (bare --profile writes to "
+                                "$PWD/sglang_profile)")
+        elif name == "--profile":
+            # The seed's bare --profile: sglang's arguments all start with '-', so a next word
+            # that does not is the directory.
+            following = argv[index] if index < len(argv) else ""
+            taken = following[:1] not in ("", "-")
+            values[flag.var] = following if taken else "sglang_profile"
+            index += 1 if taken else 0
+        elif index < len(argv):
+            values[flag.var] = argv[index]
+            index += 1
+        else:
+            raise FlagError("{} needs a value (see --help)".format(token))
+        given.add(flag.var)
+    for flag in SCRIPT_FLAGS:
+        if not flag.var:
+            continue
+        value, checked = (values[flag.var], True) if flag.var in values else _default(
+            flag, environ)
+        if checked and flag.check is not None:
+            try:
+                value = flag.check(value)
+            except FlagError as exc:
+                raise FlagError("{}: {}".format(flag.names[-1], exc)) from None
+        values[flag.var] = value
+    return _settle(values, given, tuple(sglang), environ, local)
+
+
+def _settle(values: Dict[str, str], given: Set[str], sglang: Tuple[str, ...],
+            environ: Mapping[str, str], local: bool) -> ScriptArgs:
+    """What follows from the flags together: absolute paths, the image's default, the key."""
+    here = _here(environ)
+
+    def absolute(path: str, base: str) -> str:
+        return path if not path or path.startswith("/") else "{}/{}".format(base, path)
+
+    values["PORT_EXPLICIT"] = "1" if "PORT" in given else "0"
+    if values["PREFLIGHT_NCCL_ONLY"] == "1":
+        values["PREFLIGHT_NCCL_FLAG"] = "1"
+    values["WORKSPACE"] = workspace = absolute(values["WORKSPACE"], here)
+    if local and not os.path.isdir(workspace):
+        raise FlagError("--workspace: {} does not exist or is not a directory".format(workspace))
+    image, base = values["IMAGE"], here
+    if "IMAGE" not in given or not image:
+        # The default tarball lives in the workspace; a given relative one, where you are.
+        image, base = _default(script_flag("--image"), environ)[0], workspace
+    values["IMAGE"] = absolute(image, base) if image.endswith(IMAGE_FILE_SUFFIXES) else image
+    values["TORCH_PROFILE_DIR"] = absolute(values["TORCH_PROFILE_DIR"], here)
+    key = api_key(values["API_KEY_FILE"], environ) if local else ""
+    return ScriptArgs(values, sglang, key if values["API_KEY_FILE"] else "")
+
+
+def api_key(path: str, environ: Mapping[str, str]) -> str:
+    """The server's API key: the first line of path, a file of the user's alone (as ssh
+    refuses a private key others can read), else environ's SLURM_SGLANG_API_KEY; '' if none."""
+    key = environ.get("SLURM_SGLANG_API_KEY", "")
+    if path:
+        try:
+            info = os.stat(path)
+            if not stat.S_ISREG(info.st_mode):
+                raise OSError(path)
+            if info.st_mode & 0o077:
+                raise FlagError("--api-key-file: {} is readable by group or others (mode {:o}): "
+                                "chmod 600 {}".format(path, info.st_mode & 0o7777, path))
+            with open(path, "rb") as handle:
+                key = os.fsdecode(handle.readline().rstrip(b"\n"))
+        except OSError:
+            raise FlagError("--api-key-file: {} is not a readable file".format(path)) from None
+        if not key:
+            raise FlagError("--api-key-file: {} is empty (its first line is the key)".format(path))
+    if re.search(r"\s", key):
+        raise FlagError("the API key holds white space; use one word (e.g. openssl rand -hex 24)")
+    return key
+
+
+def script_argv(values: Mapping[str, str]) -> List[str]:
+    """The script's flags for these values (by variable; '' leaves a flag out, a switch is
+    given by 1) as --flag=value, which never takes the next word (bare --profile does)."""
+    argv = []
+    for flag in SCRIPT_FLAGS:
+        value = values.get(flag.var, "") if flag.var else ""
+        if flag.metavar and value:
+            argv.append("{}={}".format(flag.names[-1], value))
+        elif not flag.metavar and value == "1":
+            argv.append(flag.names[-1])
+    return argv
+
+
+def script_usage(environ: Mapping[str, str]) -> str:
+    """run.sbatch --help: the flag table, with the profile's defaults from the environment."""
+    lines = [
+        "Usage: bash run.sbatch [OPTIONS] --model-path MODEL [SGLANG ARGS...]",
+        "Serve SGLang across every node of the current SLURM allocation (profile '{}').".format(
+            environ.get("PROFILE_NAME", "")),
+        "",
+        "Options (everything else goes to python3 -m sglang.launch_server unchanged):",
+    ]
+    for flag in SCRIPT_FLAGS:
+        # The environment's {NAME}s, '' where unset.
+        fields = collections.defaultdict(str, environ)  # type: Dict[str, str]
+        fields["default"] = _default(flag, environ)[0] or "none"
+        text = flag.help.format_map(fields).split("\n")
+        left = " ".join([", ".join(flag.names), flag.metavar]).rstrip()
+        lines.append("  {}  {}".format(left.ljust(22), text[0]))
+        lines.extend(" " * 26 + more for more in text[1:])
+    return "\n".join(lines)
+
+
+# ---- the script's view: one call, shell assignments --------------------------------------------
 
 class LaunchRequest(NamedTuple):
     """What the script knows when it asks for the plan."""
@@ -1126,7 +1459,16 @@ def _check_router_source(request: LaunchRequest, par: Parallelism) -> None:
                         "router.source: venv")
 
 
-def shell_assignments(result: Launch) -> str:
+def shell_assignments(values: Sequence[Tuple[str, str]],
+                      arrays: Sequence[Tuple[str, Sequence[str]]] = ()) -> str:
+    """Bash assignments that eval back to exactly these values: NAME=VALUE, then NAME=(...)."""
+    lines = ["{}={}".format(name, shlex.quote(value)) for name, value in values]
+    lines += ["{}=({})".format(name, " ".join(shlex.quote(item) for item in items))
+              for name, items in arrays]
+    return "\n".join(lines) + "\n"
+
+
+def plan_assignments(result: Launch) -> str:
     """The plan as bash assignments; lists are ';' between servers and ',' within one."""
     placed = result.plan
     par = result.parallelism
@@ -1134,7 +1476,7 @@ def shell_assignments(result: Launch) -> str:
     def joined(values: Sequence[int]) -> str:
         return ",".join(str(value) for value in values)
 
-    values = [
+    return shell_assignments([
         ("MODEL_PATH", result.model_path),
         ("MODEL_HUB_ID", "1" if is_hub_id(result.model_path) else ""),
         ("STAGE_TARGET", result.staged_model),
@@ -1149,22 +1491,20 @@ def shell_assignments(result: Launch) -> str:
         ("GPUS_PER_RANK", str(placed.gpus_per_rank)),
         ("MIN_REPLICAS", str(result.min_replicas)),
         ("PARALLELISM", "tp={} pp={} dp={} ep={}".format(par.tp, par.pp, par.dp, par.ep)),
-    ]
-    lines = ["{}={}".format(name, shlex.quote(value)) for name, value in values]
-    lines.append("SGLANG_ARGS=({})".format(" ".join(shlex.quote(a) for a in result.server_argv)))
-    # The interpreter itself, so that the script's next call skips wrappers (pyenv's shims).
-    lines.append("PLAN_PYTHON={}".format(shlex.quote(sys.executable)))
-    return "\n".join(lines) + "\n"
+        # The interpreter itself, so that the script's next call skips wrappers (pyenv's shims).
+        ("PLAN_PYTHON", sys.executable),
+    ], [("SGLANG_ARGS", result.server_argv)])
 
 
 def _int_option(args: List[str], name: str, default: int) -> int:
     value = _str_option(args, name, "")
     if not value:
         return default
-    # "0" means "not known" for --gpus-per-node and --min-replicas; bounds are plan()'s.
-    if not re.match(r"^(0|[1-9][0-9]{0,8})$", value):
-        raise UserInputError("{}: {!r} is not a whole number".format(name, value[:40]))
-    return int(value)
+    # "0" means "not known" for --nodes and --gpus-per-node; bounds are plan()'s.
+    try:
+        return int(whole_count(value))
+    except FlagError as exc:
+        raise UserInputError("{}: {}".format(name, exc)) from None
 
 
 def _str_option(args: List[str], name: str, default: str) -> str:
@@ -1178,54 +1518,79 @@ def _str_option(args: List[str], name: str, default: str) -> str:
     return value
 
 
-def main(argv: Sequence[str]) -> int:
-    """`launch_plan.py bash|plan|argv [--nodes N ...] -- SGLANG ARGS`: what the script runs once.
+def _print_and_exit(text: str) -> str:
+    """Shell that prints text and ends the script with 0 (--help, --dry-run)."""
+    return "printf '%s\\n' {}\nexit 0\n".format(shlex.quote(text))
 
-    bash prints the plan as shell assignments, plan as the table `check` prints; argv checks
-    the arguments alone (outside an allocation, where there are no nodes to place on); ports
-    moves the plan's ports to where they are free, once the nodes said what listens there."""
-    if not argv or argv[0] not in ("bash", "plan", "argv", "ports"):
-        sys.stderr.write("usage: launch_plan.py bash|plan|argv [--nodes N --gpus-per-node G "
-                         "--port P ...] -- SGLANG ARGS | ports --job-id J --port P "
-                         "[--listening NODE=P,P ...]\n")
-        return 2
-    mode = argv[0]
-    if mode == "ports":
-        try:
-            return _ports_main(list(argv[1:]))
-        except UserInputError as exc:
-            sys.stderr.write("slurm-sglang: {}\n".format(exc))
-            return 2
-    split = list(argv).index("--") if "--" in argv else len(argv)
-    options = list(argv[1:split])
+
+def script_assignments(options: List[str], argv: Sequence[str],
+                       environ: Mapping[str, str]) -> str:
+    """The script's one call: its flags read and checked, then the plan on --nodes N
+    --gpus-per-node G; without nodes (outside an allocation) sglang's arguments checked alone.
+    Shell for the script to eval; the API key from --api-key-file is exported there."""
+    nodes = _int_option(options, "--nodes", 0)
+    gpus_per_node = _int_option(options, "--gpus-per-node", 0)
+    args = parse_script_argv(argv, environ)
+    if args.help:
+        return _print_and_exit(script_usage(environ))
+    values = args.values
+    out = shell_assignments(sorted(values.items()))
+    if args.api_key:
+        out += "export SLURM_SGLANG_API_KEY={}\n".format(shlex.quote(args.api_key))
+    version = environ.get("SGLANG_VERSION") or LATEST_KNOWN
+    if values["PREFLIGHT_NCCL_ONLY"] == "1":
+        # The check alone serves nothing: no sglang arguments, every GPU a node shows.
+        if args.sglang_args:
+            raise FlagError("--preflight-nccl-only runs the check alone; remove the sglang "
+                            "arguments: {}".format(" ".join(args.sglang_args)))
+        return out + shell_assignments([("MODEL_PATH", ""), ("REPLICA_MODE", "0"),
+                                        ("GPUS_PER_RANK", "0")], [("SGLANG_ARGS", ())])
+    if not nodes:
+        read = read_argv(args.sglang_args, version)
+        check_argv(read)
+        parallelism_of(read)
+        return out + shell_assignments([], [("SGLANG_ARGS", args.sglang_args)])
+    stage = values["STAGE_MODEL"]
+    result = launch(LaunchRequest(
+        args.sglang_args, nodes, gpus_per_node, int(values["PORT"]), version,
+        environ.get("ROUTER_SOURCE") or "image", environ.get("ROUTER_VENV", ""),
+        values["CONTAINER_CLI"], int(values["MIN_REPLICAS"]),
+        "{}/{}".format(stage.rstrip("/"), _user_name()) if stage else ""))
+    for note in result.notes:
+        sys.stderr.write("slurm-sglang: note: {}\n".format(note))
+    if values["DRY_RUN"] == "1":
+        return _print_and_exit(result.plan.table())
+    return out + plan_assignments(result)
+
+
+def _user_name() -> str:
+    """This uid's name, as `id -un` says it (never $USER, which anyone can set)."""
+    import pwd
+
     try:
-        request = LaunchRequest(
-            argv=tuple(argv[split + 1:]),
-            nodes=_int_option(options, "--nodes", 1),
-            gpus_per_node=_int_option(options, "--gpus-per-node", 0),
-            port=_int_option(options, "--port", 30000),
-            version=_str_option(options, "--sglang-version", "") or LATEST_KNOWN,
-            router_source=_str_option(options, "--router-source", "image"),
-            router_venv=_str_option(options, "--router-venv", ""),
-            container_cli=_str_option(options, "--container-cli", "docker"),
-            min_replicas=_int_option(options, "--min-replicas", 0),
-            stage_root=_str_option(options, "--stage-root", ""),
-        )
-        if mode == "argv":
-            read = read_argv(request.argv, request.version)
-            check_argv(read)
-            parallelism_of(read)
-            return 0
-        result = launch(request)
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return str(os.getuid())
+
+
+def main(argv: Sequence[str]) -> int:
+    """`launch_plan.py script [--nodes N --gpus-per-node G] -- SCRIPT ARGS`: what the script
+    runs once where it starts (its flags, sglang's arguments, the plan, as shell to eval);
+    `ports`: the plan's ports moved to where they are free, once the nodes said what listens."""
+    if not argv or argv[0] not in ("script", "ports"):
+        sys.stderr.write("usage: launch_plan.py script [--nodes N --gpus-per-node G] -- "
+                         "SCRIPT ARGS | ports --job-id J --port P [--listening NODE=P,P ...]\n")
+        return 2
+    try:
+        if argv[0] == "ports":
+            return _ports_main(list(argv[1:]))
+        split = list(argv).index("--") if "--" in argv else len(argv)
+        out = script_assignments(list(argv[1:split]), argv[split + 1:], os.environ)
     except UserInputError as exc:
         sys.stderr.write("slurm-sglang: {}\n".format(exc))
         return 2
-    for note in result.notes:
-        sys.stderr.write("slurm-sglang: note: {}\n".format(note))
-    if mode == "plan":
-        sys.stdout.write(result.plan.table() + "\n")
-    else:
-        sys.stdout.write(shell_assignments(result))
+    # As bytes: an argument that is not valid in the locale's encoding comes back unchanged.
+    sys.stdout.buffer.write(os.fsencode(out))
     return 0
 
 

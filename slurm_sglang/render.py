@@ -319,6 +319,8 @@ def write_support_dir(directory: Path) -> None:
         return  # the repository's sbatch/slurm-sglang is the package itself
     for relative, text in support_files():
         target = directory / relative
+        if target.is_file() and target.read_text(encoding="utf-8", errors="replace") == text:
+            continue  # as it was: python's compiled launch_plan.py beside it stays valid
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.tmp")
         tmp.write_text(text, encoding="utf-8")

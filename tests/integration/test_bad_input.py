@@ -106,7 +106,7 @@ SUBMIT_CASES: dict[str, tuple[list[str], str]] = {
     "tp-not-dividing-nodes": (["--nodes", "2", "--", "--model-path", "m", "--tp", "3"],
                               "is not divisible by the 2 nodes"),
     "port-not-a-number": (["--port", "abc", "--", "--model-path", "m"],
-                          "--port: abc is not a TCP port"),
+                          "--port: 'abc' is not a whole number"),
     "env-bad-name": (["--env", "BAD NAME=x", "--", "--model-path", "m"], "is not a variable name"),
     "time-not-slurm": (["--time", "soon", "--", "--model-path", "m"], "is not a SLURM time"),
 }

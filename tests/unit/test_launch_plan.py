@@ -1,6 +1,6 @@
 """launch_plan.py as the script runs it: Python 3.6, stdlib only, shell output bash can eval.
 
-The rendered script runs `python3 -I -S <support dir>/launch_plan.py bash ...` once where it
+The rendered script runs `python3 -I -S <support dir>/launch_plan.py script ...` once where it
 starts, with whatever python3 the cluster ships (RHEL 8's is 3.6), and evals what it prints.
 These tests hold the file to that: its syntax and imports, its output read back by bash byte
 for byte, its exit codes, and every rule's message written once in the repository.
@@ -9,6 +9,7 @@ for byte, its exit codes, and every rule's message written once in the repositor
 from __future__ import annotations
 
 import ast
+import os
 import re
 import shutil
 import subprocess
@@ -133,7 +134,7 @@ EVAL_AND_DUMP = r"""
 set -euo pipefail
 python=$1 module=$2
 shift 2
-assignments=$("${python}" -I -S "${module}" bash "$@")
+assignments=$("${python}" -I -S "${module}" script "$@")
 eval "${assignments}"
 for name in ${PLAN_VARIABLES}; do printf '%s=%s\0' "${name}" "${!name}"; done
 printf -- '--\0'
@@ -170,8 +171,8 @@ def test_bash_evals_one_server_over_two_nodes() -> None:
 
 def test_bash_evals_replicas_as_the_plan_places_them() -> None:
     argv = ["--model-path", "m", "--tp", "2", "--dp", "8"]
-    variables, args = _eval_in_bash(["--nodes", "2", "--gpus-per-node", "8", "--port", "31000"],
-                                    argv)
+    variables, args = _eval_in_bash(["--nodes", "2", "--gpus-per-node", "8"],
+                                    ["--port", "31000", *argv])
     placed = plan(parse_parallelism(argv), 2, 8, 31000)
     assert variables["REPLICA_MODE"] == b"1" and variables["REPLICAS"] == b"8"
     assert variables["REPLICA_NODES"].decode() == ";".join(
@@ -242,11 +243,12 @@ BAD = {
 }
 
 
-@pytest.mark.parametrize("mode", ["bash", "plan"])
+@pytest.mark.parametrize("dry_run", [False, True], ids=["plan", "dry-run"])
 @pytest.mark.parametrize("case", list(BAD))
-def test_bad_input_exits_2_with_one_line(mode: str, case: str) -> None:
+def test_bad_input_exits_2_with_one_line(dry_run: bool, case: str) -> None:
     args, expected = BAD[case]
-    result = _run(mode, *args)
+    split = args.index("--") + 1
+    result = _run("script", *args[:split], *(["--dry-run"] if dry_run else []), *args[split:])
     assert result.returncode == 2 and result.stdout == ""
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("slurm-sglang: "), result.stderr
@@ -263,17 +265,21 @@ def test_usage_without_a_mode_exits_2_with_one_line() -> None:
     ("--tp 16", 2), ("--tp 2 --dp 8", 2), ("--tp 16 --dp 2", 4), ("--tp 8 --dp 2", 3),
     ("--tp 8 --dp 4 --enable-dp-attention", 1),
 ])
-def test_plan_mode_prints_the_table_and_exits_0(argv: str, nodes: int) -> None:
+def test_dry_run_prints_the_table_and_exits_0(argv: str, nodes: int) -> None:
     sglang_args = ["--model-path", "m", *argv.split()]
-    result = _run("plan", "--nodes", str(nodes), "--gpus-per-node", "8", "--", *sglang_args)
+    # As the script evals it: the table printed, the script ended with 0.
+    result = subprocess.run(
+        ["bash", "-c", 'eval "$("$@")"; echo not reached', "eval", PYTHON, "-I", "-S",
+         str(MODULE), "script", "--nodes", str(nodes), "--gpus-per-node", "8", "--",
+         "--dry-run", *sglang_args], capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout == plan(parse_parallelism(sglang_args), nodes, 8).table() + "\n"
     assert all(line.startswith("slurm-sglang: note: ") for line in result.stderr.splitlines())
 
 
-def test_argv_mode_checks_the_arguments_alone() -> None:
-    assert _run("argv", "--", "--model-path", "m", "--tp", "3").returncode == 0
-    refused = _run("argv", "--", "--model-path", "m", "--host", "h")
+def test_without_nodes_the_arguments_are_checked_alone() -> None:
+    assert _run("script", "--", "--model-path", "m", "--tp", "3").returncode == 0
+    refused = _run("script", "--", "--model-path", "m", "--host", "h")
     assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1
 
 
@@ -366,6 +372,21 @@ def test_module_and_package_are_one_file() -> None:
     link = REPO / "sbatch" / "slurm-sglang"
     if link.is_symlink():
         assert (link / "launch_plan.py").resolve() == MODULE.resolve()
+
+
+def test_writing_the_support_files_again_leaves_unchanged_ones_as_they_were(tmp_path: Path
+                                                                           ) -> None:
+    # The script imports launch_plan.py, so python keeps it compiled in __pycache__ beside
+    # it; a file rewritten at every submit would make every job compile it again.
+    from slurm_sglang.render import write_support_dir
+
+    write_support_dir(tmp_path)
+    module = tmp_path / "launch_plan.py"
+    os.utime(module, (1, 1))
+    (tmp_path / "stage_model.py").write_text("changed")
+    write_support_dir(tmp_path)
+    assert module.stat().st_mtime == 1
+    assert (tmp_path / "stage_model.py").read_text() != "changed"
 
 
 @pytest.mark.parametrize(("argv", "reads"), [

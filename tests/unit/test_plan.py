@@ -18,7 +18,7 @@ from slurm_sglang.launch_plan import (
     launch,
     parse_parallelism,
     plan,
-    shell_assignments,
+    plan_assignments,
     uses_replicas,
 )
 from slurm_sglang.profile import BUILTIN_PROFILE_PACKAGE, load_profile
@@ -87,13 +87,11 @@ def test_table_lists_replica_nodes_gpus_port_and_router() -> None:
 BASH_PLAN = r"""
 source <(sed '$d' "$1")
 set +e
-SGLANG_ARGS=(--model-path m $2)
 NODES=(n0 n1 n2 n3 n4 n5 n6 n7)
-CONTAINER_CLI=podman
-PORT=30000
-replica_flag_defaults
+NNODES=$3 GPUS_PER_NODE=$4
 find_support_dir "$1"
-plan_launch "$3" "$4"
+# shellcheck disable=SC2086 # $2: sglang's arguments, word-split on purpose
+plan_launch --container-cli podman --model-path m $2
 for ((r = 0; r < REPLICAS; r++)); do
   nodes=""
   for ((k = 0; k < REPLICA_SPAN; k++)); do nodes+="${nodes:+,}$(replica_node "$r" "$k")"; done
@@ -164,11 +162,11 @@ def test_one_server_has_no_router_metrics_port() -> None:
     assert "metrics" not in placement.table()
 
 
-def test_shell_assignments_carry_the_router_metrics_port() -> None:
+def test_plan_assignments_carry_the_router_metrics_port() -> None:
     request = LaunchRequest(("--model-path", "m", "--tp", "8", "--dp", "2"), 2, 8, port=31000)
-    assert "ROUTER_METRICS_PORT=31003\n" in shell_assignments(launch(request))
+    assert "ROUTER_METRICS_PORT=31003\n" in plan_assignments(launch(request))
     single = LaunchRequest(("--model-path", "m", "--tp", "8"), 1, 8)
-    assert "ROUTER_METRICS_PORT=''\n" in shell_assignments(launch(single))
+    assert "ROUTER_METRICS_PORT=''\n" in plan_assignments(launch(single))
 
 
 @pytest.mark.parametrize(("busy", "chosen"), [
@@ -226,14 +224,11 @@ printf '%s\n' "${PORT} ${PREFLIGHT_ROWS[*]}"
 BASH_ROUTER = r"""
 source <(sed '$d' "$1")
 set +e
-SGLANG_ARGS=(--model-path m --tp 8 --dp 2)
-NODES=(n0 n1)
-CONTAINER_CLI=podman SLURM_JOB_ID=7 PORT=30000
-HEALTH_TIMEOUT=60 ROUTER_LOG=$3/router.log NODE_IP_LIST=10.0.0.1,10.0.0.2
-replica_flag_defaults
-ROUTER_POLICY=$2
+NODES=(n0 n1) NNODES=2 GPUS_PER_NODE=8
+SLURM_JOB_ID=7 ROUTER_LOG=$3/router.log NODE_IP_LIST=10.0.0.1,10.0.0.2
 find_support_dir "$1"
-plan_launch 2 8
+plan_launch --container-cli podman --health-timeout 60 --router-policy "$2" \
+  --model-path m --tp 8 --dp 2
 REPLICA_BASE_PORT=30001 ROUTER_METRICS_PORT=30003
 router_launch
 wait "${ROUTER_PID}"

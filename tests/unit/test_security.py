@@ -737,9 +737,9 @@ def test_the_script_refuses_a_port_below_1024(tmp_path: Path, port: str) -> None
     (["--nodes", "100000000", "--gpus-per-node", "8"], [], "nodes: 100000000"),
     (["--nodes", "x"], [], "--nodes: 'x' is not a whole number"),
     (["--nodes", "1", "--gpus-per-node", "65"], [], "GPUs per node: 65"),
-    (["--nodes", "1", "--port", "80"], [], "--port: 80 is not a TCP port"),
-    (["--nodes", "1", "--port"], [], "--port needs a value"),
-    (["--nodes", "4", "--gpus-per-node", "8", "--port", "65534"], ["--dp", "4"],
+    (["--nodes", "1"], ["--port", "80"], "--port: 80 is not a TCP port"),
+    (["--nodes", "1"], ["--port"], "--port needs a value"),
+    (["--nodes", "4", "--gpus-per-node", "8"], ["--port", "65534", "--dp", "4"],
      "past 65535: lower --port to at most 65530"),
 ], ids=["dp-10^8", "nodes-10^8", "nodes-text", "gpus-65", "port-80", "port-missing",
         "replica-ports-past-65535"])
@@ -751,7 +751,7 @@ def test_the_scripts_plan_refuses_in_one_line(tmp_path: Path, options: list[str]
     source = Path(launch_plan.__file__)
     shutil.copy(source, tmp_path / "launch_plan.py")
     shutil.copytree(source.parent / "data", tmp_path / "data")
-    done = subprocess.run(["python3", "-I", "-S", str(tmp_path / "launch_plan.py"), "bash",
+    done = subprocess.run(["python3", "-I", "-S", str(tmp_path / "launch_plan.py"), "script",
                            *options, "--", "--model-path", "m", *sglang],
                           capture_output=True, text=True, timeout=30, check=False)
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr

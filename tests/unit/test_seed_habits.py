@@ -15,7 +15,7 @@ from slurm_sglang.profile import ClusterProfile, load_profile, merge_profile_dat
 from slurm_sglang.render import render_script, write_script
 
 # Every function of the script, without its last line (`main "$@"`).
-PRELUDE = 'source <(sed \'$d\' "$1")\nset +e\nshift\n'
+PRELUDE = 'source <(sed \'$d\' "$1")\nset +e\nSCRIPT=$1\nshift\n'
 
 
 def _render(tmp_path_factory: pytest.TempPathFactory, runtime: str) -> Path:
@@ -47,7 +47,8 @@ def _bash(script: Path, body: str, *args: str, cwd: Path | None = None,
 
 
 PARSE = """
-parse_flags "$@"
+find_support_dir "${SCRIPT}"
+plan_launch "$@"
 printf 'dir=%s\\n' "${TORCH_PROFILE_DIR}"
 printf 'arg=%s\\n' "${SGLANG_ARGS[@]}"
 """
