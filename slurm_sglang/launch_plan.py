@@ -8,7 +8,6 @@ no dataclasses, no `from __future__`, typing's old generics. docs/architecture.m
 
 import collections
 import functools
-import hashlib
 import json
 import os
 import re
@@ -610,6 +609,7 @@ def is_hub_id(model: str) -> bool:
 def staged_path(stage_root: str, model: str) -> str:
     """Where a node keeps its copy of `model` under the user's stage root: the model's last
     name and a digest of its absolute source (or hub id), so two sources never share a copy."""
+    import hashlib  # only with staging: its import costs every plan call about 3 ms
     source = model if is_hub_id(model) else os.path.abspath(model)
     digest = hashlib.sha256(source.encode("utf-8")).hexdigest()[:12]
     name = re.sub(r"[^A-Za-z0-9._-]", "_", source.rstrip("/").rsplit("/", 1)[-1]) or "model"
