@@ -1,8 +1,8 @@
 """The launch plan: sglang's argv read as argparse reads it, the launcher's rules, the placement.
 
 The one source of truth for `check`, `submit` and the script: the package imports this file and
-the rendered script runs it once where it starts (`python3 -I -S launch_plan.py script ...`), from
-the support directory beside the script. Hence stdlib only and Python 3.6 (RHEL 8's python3):
+the rendered script starts it once where it starts (`serve`, which answers each of its plan calls),
+from the support directory beside the script. Hence stdlib only and Python 3.6 (RHEL 8's python3):
 no dataclasses, no `from __future__`, typing's old generics. docs/architecture.md says why.
 """
 
@@ -1049,7 +1049,7 @@ def port_assignments(choice: PortChoice) -> str:
                            for nodes, message in choice.problems])])
 
 
-def _ports_main(options: List[str]) -> int:
+def _ports_answer(options: List[str]) -> str:
     listening = {}  # type: Dict[str, List[int]]
     while "--listening" in options:
         node, _, ports = _str_option(options, "--listening", "").partition("=")
@@ -1060,8 +1060,7 @@ def _ports_main(options: List[str]) -> int:
         _int_option(options, "--dist-port", 0), _int_option(options, "--replicas", 0),
         _str_option(options, "--others-here", "0") == "1",
         _str_option(options, "--check", "1") == "1")
-    sys.stdout.write(port_assignments(choice))
-    return 0
+    return port_assignments(choice)
 
 
 # ---- the script's own flags: one table, its reader, its checks and its usage -----------------
@@ -1491,8 +1490,6 @@ def plan_assignments(result: Launch) -> str:
         ("GPUS_PER_RANK", str(placed.gpus_per_rank)),
         ("MIN_REPLICAS", str(result.min_replicas)),
         ("PARALLELISM", "tp={} pp={} dp={} ep={}".format(par.tp, par.pp, par.dp, par.ep)),
-        # The interpreter itself, so that the script's next call skips wrappers (pyenv's shims).
-        ("PLAN_PYTHON", sys.executable),
     ], [("SGLANG_ARGS", result.server_argv)])
 
 
@@ -1573,25 +1570,59 @@ def _user_name() -> str:
         return str(os.getuid())
 
 
-def main(argv: Sequence[str]) -> int:
-    """`launch_plan.py script [--nodes N --gpus-per-node G] -- SCRIPT ARGS`: what the script
-    runs once where it starts (its flags, sglang's arguments, the plan, as shell to eval);
-    `ports`: the plan's ports moved to where they are free, once the nodes said what listens."""
+def answer(argv: Sequence[str]) -> Tuple[int, bytes]:
+    """One plan call: its exit code and its output (shell for the script to eval).
+    `script [--nodes N --gpus-per-node G] -- SCRIPT ARGS`: the script's flags, sglang's
+    arguments and the plan; `ports`: the plan's ports moved to where they are free, once the
+    nodes said what listens."""
     if not argv or argv[0] not in ("script", "ports"):
         sys.stderr.write("usage: launch_plan.py script [--nodes N --gpus-per-node G] -- "
                          "SCRIPT ARGS | ports --job-id J --port P [--listening NODE=P,P ...]\n")
-        return 2
+        return 2, b""
     try:
         if argv[0] == "ports":
-            return _ports_main(list(argv[1:]))
-        split = list(argv).index("--") if "--" in argv else len(argv)
-        out = script_assignments(list(argv[1:split]), argv[split + 1:], os.environ)
+            out = _ports_answer(list(argv[1:]))
+        else:
+            split = list(argv).index("--") if "--" in argv else len(argv)
+            out = script_assignments(list(argv[1:split]), argv[split + 1:], os.environ)
     except UserInputError as exc:
         sys.stderr.write("slurm-sglang: {}\n".format(exc))
-        return 2
+        return 2, b""
     # As bytes: an argument that is not valid in the locale's encoding comes back unchanged.
-    sys.stdout.buffer.write(os.fsencode(out))
-    return 0
+    return 0, os.fsencode(out)
+
+
+def _request_field(stream: Any) -> Optional[bytes]:
+    field = bytearray()
+    while True:
+        byte = stream.read(1)
+        if not byte:
+            return None
+        if byte == b"\0":
+            return bytes(field)
+        field += byte
+
+
+def serve() -> int:
+    """Answer the script's plan calls, one python start for all of a job's: each request on
+    stdin is a count and that many arguments, each ended by NUL; each answer on stdout is the
+    output, NUL, the exit code, NUL. Ends with stdin."""
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    while True:
+        count = _request_field(stdin)
+        fields = [_request_field(stdin) for _ in range(int(count or 0))]
+        if count is None or None in fields:
+            return 0
+        code, out = answer([os.fsdecode(field or b"") for field in fields])
+        stdout.write(out + b"\0" + str(code).encode() + b"\0")
+        stdout.flush()
+
+
+def main(argv: Sequence[str]) -> int:
+    """`launch_plan.py script|ports ...`: one plan call (answer), its output on stdout."""
+    code, out = answer(argv)
+    sys.stdout.buffer.write(out)
+    return code
 
 
 if __name__ == "__main__":

@@ -34,7 +34,6 @@ from slurm_sglang.profile import (
 BUILTIN_TEMPLATE_PACKAGE = "slurm_sglang.templates"
 TEMPLATE_DIR_ENV = "SLURM_SGLANG_TEMPLATE_DIR"
 MAIN_TEMPLATE = "run.sbatch.j2"
-# The NCCL check the rendered script carries in a quoted here-document, ended by this line.
 PACKAGE_DIR = Path(__file__).resolve().parent
 # What the script runs beside itself, in SUPPORT_DIR_NAME/ next to it (docs/architecture.md).
 SUPPORT_DIR_NAME = "slurm-sglang"

@@ -1,7 +1,8 @@
 """launch_plan.py as the script runs it: Python 3.6, stdlib only, shell output bash can eval.
 
-The rendered script runs `python3 -I -S <support dir>/launch_plan.py script ...` once where it
-starts, with whatever python3 the cluster ships (RHEL 8's is 3.6), and evals what it prints.
+The rendered script starts `launch_plan.serve()` (`python3 -I -S`, from the support directory)
+once where it starts, for its plan calls, with whatever python3 the cluster ships (RHEL 8's is
+3.6), and evals what it prints.
 These tests hold the file to that: its syntax and imports, its output read back by bash byte
 for byte, its exit codes, and every rule's message written once in the repository.
 """
@@ -275,6 +276,33 @@ def test_dry_run_prints_the_table_and_exits_0(argv: str, nodes: int) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout == plan(parse_parallelism(sglang_args), nodes, 8).table() + "\n"
     assert all(line.startswith("slurm-sglang: note: ") for line in result.stderr.splitlines())
+
+
+def test_one_server_answers_every_plan_call_of_a_job() -> None:
+    # As the script's coproc sends them: a count, then each argument ended by NUL.
+    def request(*argv: bytes) -> bytes:
+        return b"".join(field + b"\0" for field in (str(len(argv)).encode(), *argv))
+
+    calls = [(b"script", b"--", b"--model-path", b"m\xff", b"--tp", b"2"),
+             (b"script", b"--", b"--model-path", b"m", b"--host", b"h"),
+             (b"ports", b"--job-id", b"7", b"--port", b"30000", b"--listening", b"n1=30000")]
+    server = subprocess.run(
+        [PYTHON, "-I", "-S", "-c", "import sys; sys.path[:0] = sys.argv[1:2]; import launch_plan; "
+         "sys.exit(launch_plan.serve())", str(MODULE.parent)],
+        input=b"".join(request(*call) for call in calls), capture_output=True, timeout=60,
+        check=False)
+    assert server.returncode == 0, server.stderr
+    *fields, rest = server.stdout.split(b"\0")
+    answers = list(zip(fields[0::2], fields[1::2], strict=True))
+    # Each answer is what one run of the file prints for that call, byte for byte.
+    assert rest == b"" and len(answers) == len(calls)
+    for call, (out, code) in zip(calls, answers, strict=True):
+        alone = subprocess.run([PYTHON, "-I", "-S", str(MODULE), *call], capture_output=True,
+                               timeout=60, check=False)
+        assert (out, code) == (alone.stdout, str(alone.returncode).encode())
+    assert [code for _, code in answers] == [b"0", b"2", b"0"]
+    assert b"--model-path 'm\xff'" in answers[0][0] and answers[1][0] == b""
+    assert b"PORT=30001" in answers[2][0]
 
 
 def test_without_nodes_the_arguments_are_checked_alone() -> None:
