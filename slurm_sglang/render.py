@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import hashlib
 import math
 import os
 import shlex
@@ -301,6 +302,14 @@ def _write_in_place(text: str, path: Path, info: os.stat_result) -> None:
             target.write(text)
     finally:
         os.close(descriptor)
+
+
+def support_digest() -> str:
+    """Twelve hex digits of the support files' SHA-256: one name per version of them."""
+    digest = hashlib.sha256()
+    for relative, text in support_files():
+        digest.update(f"{relative}\0{text}\0".encode())
+    return digest.hexdigest()[:12]
 
 
 def support_files() -> list[tuple[str, str]]:

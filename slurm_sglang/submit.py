@@ -147,8 +147,12 @@ def _now() -> str:
 
 
 def _script_path(workspace: str) -> str:
+    from slurm_sglang.render import support_digest
+
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
-    return f"{workspace}/.slurm-sglang/scripts/run-{stamp}.sbatch"
+    # A directory per version of the support files beside the script: a job still queued keeps
+    # the launch_plan.py it was rendered with when a newer slurm-sglang submits to the workspace.
+    return f"{workspace}/.slurm-sglang/scripts/{support_digest()}/run-{stamp}.sbatch"
 
 
 def submit_local(request: SubmitRequest) -> JobRecord:
@@ -273,8 +277,12 @@ def submit_remote(request: SubmitRequest, transport: Transport, host: str) -> Jo
     # The script runs launch_plan.py (and the NCCL check) from slurm-sglang/ beside it.
     support = f"{Path(script).parent}/{SUPPORT_DIR_NAME}"
     for relative, text in support_files():
-        transport.makedirs(str(Path(f"{support}/{relative}").parent))
-        transport.write_text(f"{support}/{relative}", text)
+        path = f"{support}/{relative}"
+        # Left as they were when unchanged, so that python's compiled launch_plan.py stays valid.
+        if transport.exists(path) and transport.read_text(path) == text:
+            continue
+        transport.makedirs(str(Path(path).parent))
+        transport.write_text(path, text)
     transport.write_text(script, request.script_text, mode=0o755)
     log_root = f"{request.workspace}/{request.profile.paths.logs}"
     transport.makedirs(log_root)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from slurm_sglang import api
+from slurm_sglang import api, render
 from slurm_sglang.jobs import JobRecord, JobStatus
 from slurm_sglang.profile import ClusterProfile
 from slurm_sglang.scheduler import Backoff, read_queue
@@ -205,3 +205,20 @@ def test_slurm_refusing_a_request_is_the_clusters_error_or_the_users(
     slurm.fail("sbatch", 1, "", code=0)
     with pytest.raises(api.ClusterError, match="sbatch on login answered '', not a job id"):
         _submit(slurm)
+
+
+def test_each_version_of_the_support_files_keeps_its_own_directory(
+        slurm: FakeSlurm, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = Path(_submit(slurm).script).parent
+    plan_file = first / "slurm-sglang" / "launch_plan.py"
+    written = plan_file.stat().st_mtime_ns
+    # The same version again: the same directory, its files left as they were.
+    assert Path(_submit(slurm).script).parent == first
+    assert plan_file.stat().st_mtime_ns == written
+    # A newer slurm-sglang submitting while the first job waits: a directory of its own.
+    newer = [(name, text + "# newer\n") for name, text in render.support_files()]
+    monkeypatch.setattr(render, "support_files", lambda: newer)
+    second = Path(_submit(slurm).script).parent
+    assert second != first and second.parent == first.parent
+    assert (second / "slurm-sglang" / "launch_plan.py").read_text().endswith("# newer\n")
+    assert not plan_file.read_text().endswith("# newer\n")
