@@ -1076,6 +1076,22 @@ CONTAINER_CLIS = ("docker", "podman", "enroot", "apptainer", "singularity", "non
 GPUS_MODES = ("docker", "cdi", "env", "none")
 ROUTER_POLICIES = ("cache_aware", "round_robin", "random", "power_of_two")
 IMAGE_FILE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.zst", ".sqsh", ".sif")
+DOCKER_ARCHIVE_SUFFIXES = IMAGE_FILE_SUFFIXES[:4]
+
+
+def image_conversion_hint(cli: str, image: str) -> str:
+    """Why a docker save tarball cannot serve under enroot (pyxis) or apptainer, with the
+    command that converts it once; '' where the image can serve as it is."""
+    suffix = next((s for s in DOCKER_ARCHIVE_SUFFIXES if image.endswith(s)), "")
+    if cli not in ("enroot", "apptainer", "singularity") or not suffix:
+        return ""
+    stem = image[:-len(suffix)]
+    if cli == "enroot":
+        return ("{} is a docker save tarball, which pyxis cannot use (it takes an enroot URI "
+                "REGISTRY#IMAGE or a squashfs file); convert it once: docker load -i {} && "
+                "enroot import -o {}.sqsh dockerd://IMAGE:TAG".format(image, image, stem))
+    return ("{} is a docker save tarball, which {} cannot exec; convert it once: {} build "
+            "{}.sif docker-archive://{}".format(image, cli, cli, stem, image))
 
 
 def whole_count(raw: str) -> str:
@@ -1327,6 +1343,11 @@ def _settle(values: Dict[str, str], given: Set[str], sglang: Tuple[str, ...],
         # The default tarball lives in the workspace; a given relative one, where you are.
         image, base = _default(script_flag("--image"), environ)[0], workspace
     values["IMAGE"] = absolute(image, base) if image.endswith(IMAGE_FILE_SUFFIXES) else image
+    hint = image_conversion_hint(values["CONTAINER_CLI"], values["IMAGE"])
+    if hint:
+        raise FlagError("{}: {}".format("--image", hint))
+    # The one rule on what names a file rather than a registry reference, for the nodes too.
+    values["IMAGE_FILE"] = "1" if image.endswith(IMAGE_FILE_SUFFIXES) else "0"
     values["TORCH_PROFILE_DIR"] = absolute(values["TORCH_PROFILE_DIR"], here)
     key = api_key(values["API_KEY_FILE"], environ) if local else ""
     return ScriptArgs(values, sglang, key if values["API_KEY_FILE"] else "")

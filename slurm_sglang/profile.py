@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from slurm_sglang.errors import UserInputError
+from slurm_sglang.launch_plan import image_conversion_hint
 
 BUILTIN_PROFILE_PACKAGE = "slurm_sglang.profiles"
 DEFAULT_PROFILE_NAME = "default"
@@ -295,7 +296,6 @@ _DOCKER_ONLY_OPTIONS = frozenset({
     "--label", "--init", "--rm", "--name", "--memory", "--cpus", "--cap-add",
     "--security-opt", "--entrypoint", "-e", "--runtime", "--user", "-u", "--publish", "-p",
 })
-_IMAGE_TARBALL = (".tar", ".tar.gz", ".tgz", ".tar.zst")
 
 
 def _option_name(arg: str) -> str:
@@ -328,19 +328,8 @@ def runtime_option_problem(container: ContainerSettings) -> str:
             if _option_name(arg) in _DOCKER_ONLY_OPTIONS:
                 return (f"container.run_args: {_option_name(arg)} is a docker run option "
                         "that apptainer exec does not take (apptainer exec --help)")
-    if runtime in ("enroot", "apptainer") and container.image.endswith(_IMAGE_TARBALL):
-        return f"container.image: {image_conversion_hint(runtime, container.image)}"
-    return ""
-
-
-def image_conversion_hint(runtime: str, image: str) -> str:
-    """The refusal of a docker tarball for enroot/apptainer, with the command that converts it."""
-    if runtime == "apptainer":
-        return (f"{image} is a docker save tarball, which apptainer cannot exec; convert it "
-                f"once: apptainer build sglang.sif docker-archive://{image}")
-    return (f"{image} is a docker save tarball, which pyxis cannot use (it takes an enroot "
-            "URI REGISTRY#IMAGE or a squashfs file); convert it once: docker load -i "
-            f"{image} && enroot import -o sglang.sqsh dockerd://IMAGE:TAG")
+    hint = image_conversion_hint(runtime, container.image)
+    return f"container.image: {hint}" if hint else ""
 
 
 class PathSettings(_Strict):

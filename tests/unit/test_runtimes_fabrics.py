@@ -15,7 +15,7 @@ import pytest
 
 from slurm_sglang.errors import UserInputError
 from slurm_sglang.profile import ClusterProfile, load_profile
-from slurm_sglang.render import render_script
+from slurm_sglang.render import PACKAGE_DIR, render_script
 
 # pyxis adds these to srun (NVIDIA/pyxis wiki, "Usage", `srun --help`); nothing else of ours
 # may reach the rank step's srun for runtime enroot.
@@ -164,11 +164,13 @@ def test_apptainer_cleanenv_passes_every_variable_by_prefix(tmp_path: Path) -> N
 @pytest.mark.parametrize("runtime", ["apptainer", "enroot"])
 def test_a_docker_tarball_is_refused_with_the_conversion(tmp_path: Path, runtime: str) -> None:
     script = _script(tmp_path, runtime, "tcp")
-    out = _bash(script, f"CONTAINER_CLI={runtime} IMAGE=/s/sglang.tar.gz; identify_image")
-    assert out.returncode == 2
-    expected = {"apptainer": "apptainer build /s/sglang.sif docker-archive:///s/sglang.tar.gz",
-                "enroot": "enroot import -o /s/sglang.sqsh dockerd://"}
-    assert expected[runtime] in out.stderr
+    # The plan refuses it before anything starts, in one line, as any bad flag.
+    out = _bash(script, f"SUPPORT_DIR={PACKAGE_DIR}; plan_launch --image /s.d/sglang.tar.gz "
+                "--model-path m; echo not reached")
+    assert out.returncode == 2 and len(out.stderr.splitlines()) == 1, out.stderr
+    expected = {"apptainer": "apptainer build /s.d/sglang.sif docker-archive:///s.d/sglang.tar.gz",
+                "enroot": "enroot import -o /s.d/sglang.sqsh dockerd://"}
+    assert expected[runtime] in out.stderr and "not reached" not in out.stdout
 
 
 def test_enroot_step_takes_only_pyxis_options_and_mounts_what_ranks_read(tmp_path: Path) -> None:
