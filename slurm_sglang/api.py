@@ -201,7 +201,8 @@ def submit(
 
     if time:
         time_minutes(time)
-    workspace = workspace or load_profile(cluster).paths.workspace or str(Path.cwd())
+    profile = load_profile(cluster)
+    workspace = workspace or profile.paths.workspace or str(Path.cwd())
     torch_dir = "" if torch_profile is None else _profile_dir(torch_profile, workspace, bool(ssh))
     # The script's own flags from its table, checked as the script checks them; the files
     # they name only here (over SSH the script checks them where they are).
@@ -209,13 +210,13 @@ def submit(
                                "HEALTH_TIMEOUT": str(health_timeout), "IMAGE": image,
                                "API_KEY_FILE": api_key_file, "STAGE_MODEL": stage_model,
                                "TORCH_PROFILE_DIR": torch_dir})
-    parse_script_argv(script_args, {"PWD": str(Path.cwd())}, local=not ssh)
+    parse_script_argv(script_args, {"PWD": str(Path.cwd()),
+                                    "CONTAINER_RUNTIME": profile.container.runtime}, local=not ssh)
     # The cheap checks first: sglang's own parser (seconds) runs once everything else passed.
     quick = check(sglang_args, cluster, nodes, port=port, health_timeout=health_timeout,
                   image=image)
     if quick.problems:
         raise UserInputError("; ".join(quick.problems))
-    profile = quick.profile
     if not ssh:
         image_file = image.endswith(IMAGE_FILE_SUFFIXES)
         if image_file and not Path(image).is_file():

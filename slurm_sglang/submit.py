@@ -209,6 +209,10 @@ def submit_local(request: SubmitRequest) -> JobRecord:
         except submitit.core.utils.FailedJobError as error:
             # submitit's sbatch call failed; its message is sbatch's stderr.
             raise sbatch_refusal(str(error), 1) from None
+        except submitit.core.utils.FailedSubmissionError as error:
+            # sbatch exited 0 but named no job: a job may exist that nothing here tracks.
+            raise ClusterError(f"{str(error).splitlines()[0]}; find the job with squeue --me "
+                               "and scancel it if it is not yours to keep") from None
     log_dir = Path(request.workspace) / request.profile.paths.logs / str(job.job_id)
     return JobRecord(
         job_id=str(job.job_id), cluster=request.cluster, log_dir=str(log_dir),

@@ -216,7 +216,8 @@ def test_openai_client_through_the_tunnel(laptop: Laptop, remote_job: RemoteJob,
     head = f"{remote_job.endpoint['head_ip']}:{remote_job.endpoint['port']}"
     pieces = [next(iter(stream)).choices[0].delta.content or ""]
     # Mid-stream, the TCP connection to the head belongs to sshd, not to the tunnel process.
-    carriers = _sockets("dst", head)
+    # Established ones only: an earlier test's client may have left one in CLOSE-WAIT.
+    carriers = _sockets("state", "established", "dst", head)
     assert carriers and all("sshd" in line and f"pid={process.pid}," not in line
                             for line in carriers)
     pieces += [chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices]

@@ -179,3 +179,48 @@ def test_containers_not_privileged_unless_the_profile_asks() -> None:
     privileged = render_script(ClusterProfile.model_validate(data))
     assert "--privileged" not in plain
     assert privileged.count("RUN_ARGS+=(--privileged)") == 1
+
+
+@pytest.mark.parametrize(("runtime", "image", "expected"), [
+    ("enroot", "nvcr.io#nvidia/sglang:1", "pyxis cannot use"),
+    ("apptainer", "/s/sglang.sif", "apptainer cannot exec"),
+])
+def test_submit_refuses_a_docker_tarball_the_runtime_cannot_use(
+        tmp_path: Path, runtime: str, image: str, expected: str) -> None:
+    profile = tmp_path / "site.yaml"
+    profile.write_text(f"container:\n  runtime: {runtime}\n  image: {image}\n")
+    tarball = tmp_path / "sglang.tar.gz"
+    tarball.write_bytes(b"")
+    # An sbatch that leaves a mark: a submission would show.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(f"#!/bin/sh\ntouch {tmp_path}/submitted\necho 1\n")
+    (bin_dir / "sbatch").chmod(0o755)
+    env = {**_no_slurm_env(), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    result = subprocess.run(
+        [sys.executable, "-m", "slurm_sglang", "submit", "--cluster", str(profile), "--nodes",
+         "1", "--image", str(tarball), "--", "--model-path", "m"], capture_output=True, text=True,
+        timeout=60, cwd=tmp_path, env=env)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert len(result.stderr.splitlines()) == 1 and expected in result.stderr
+    assert str(tmp_path / "sglang.sqsh" if runtime == "enroot" else tmp_path / "sglang.sif") \
+        in result.stderr
+    assert not (tmp_path / "submitted").exists()
+
+
+def test_submit_names_an_sbatch_answer_without_a_job_id_in_one_line(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    # A site wrapper that prints its own banner instead of sbatch's answer.
+    (bin_dir / "sbatch").write_text("#!/bin/sh\necho 'queued, thank you'\n")
+    (bin_dir / "sbatch").chmod(0o755)
+    tarball = tmp_path / "sglang.tar.gz"
+    tarball.write_bytes(b"")
+    env = {**_no_slurm_env(), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    result = subprocess.run(
+        [sys.executable, "-m", "slurm_sglang", "submit", "--nodes", "1", "--image", str(tarball),
+         "--workspace", str(tmp_path), "--", "--model-path", "m"], capture_output=True,
+        text=True, timeout=60, cwd=tmp_path, env=env)
+    assert result.returncode not in (0, 2) and "Traceback" not in result.stderr, result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert "queued, thank you" in result.stderr and "squeue --me" in result.stderr
