@@ -72,7 +72,7 @@ DISK_CHECK = """
 df() { printf 'Filesystem 1024-blocks Used Available Capacity Mounted\\nfs 1 1 %s 1%% /\\n' "$2"; }
 runtime_check() { return 0; }
 broadcast_wanted() { return 1; }
-NODE_NAME=n SLURM_NODEID=0 MODEL_PATH=m IMAGE=i GPUS_PER_RANK=0 NODE_GPUS=
+NODE_NAME=n SLURM_NODEID=0 MODEL_PATH=m IMAGE=i IMAGE_FILE=0 GPUS_PER_RANK=0 NODE_GPUS=
 WORKSPACE=$1 LOG_DIR=$PWD
 preflight_node
 """

@@ -626,7 +626,7 @@ def _tarball(folder: Path) -> Path:
     return path
 
 
-IDENTIFY = 'IMAGE=$1; identify_image; echo "id=${IMAGE_ID} ref=${IMAGE_REF}"\n'
+IDENTIFY = 'IMAGE=$1 IMAGE_FILE=1; identify_image; echo "id=${IMAGE_ID} ref=${IMAGE_REF}"\n'
 
 
 def test_a_forged_image_id_file_beside_the_tarball_is_not_trusted(tmp_path: Path) -> None:
