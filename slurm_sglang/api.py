@@ -196,7 +196,7 @@ def submit(
     with ssh, is an open one to that host (tests pass a fake scheduler's)."""
     from slurm_sglang.jobs import save_record
     from slurm_sglang.launch_plan import IMAGE_FILE_SUFFIXES, parse_script_argv, script_argv
-    from slurm_sglang.render import render_script
+    from slurm_sglang.render import flag_defaults, render_script
     from slurm_sglang.submit import SubmitRequest, submit_local, submit_remote, time_minutes
 
     if time:
@@ -210,8 +210,8 @@ def submit(
                                "HEALTH_TIMEOUT": str(health_timeout), "IMAGE": image,
                                "API_KEY_FILE": api_key_file, "STAGE_MODEL": stage_model,
                                "TORCH_PROFILE_DIR": torch_dir})
-    parse_script_argv(script_args, {"PWD": str(Path.cwd()),
-                                    "CONTAINER_RUNTIME": profile.container.runtime}, local=not ssh)
+    parse_script_argv(script_args, {**flag_defaults(profile), "PWD": str(Path.cwd())},
+                      local=not ssh)
     # The cheap checks first: sglang's own parser (seconds) runs once everything else passed.
     quick = check(sglang_args, cluster, nodes, port=port, health_timeout=health_timeout,
                   image=image)

@@ -68,7 +68,6 @@ class RenderContext:
     fabric_kind: str
     gpus_per_node: int
     sbatch_directives: tuple[str, ...]
-    default_image: str
     container_mount: str
     workspace: str
     logs_subdir: str
@@ -83,13 +82,14 @@ class RenderContext:
     fabric: FabricSettings
     router: RouterSettings
     stage: StageContext
+    # The constants the script's flags fall back to, by name (flag_defaults).
+    flag_defaults: Mapping[str, str]
 
 
 @dataclass(frozen=True)
 class StageContext:
     """Model staging as the script's stage partial takes it (sizes in bytes)."""
 
-    directory: str
     margin_bytes: int
     limit_bytes: int
     checksum: bool
@@ -123,6 +123,20 @@ def sbatch_directives(profile: ClusterProfile, nodes: int | None = None) -> tupl
     return tuple(lines)
 
 
+def flag_defaults(profile: ClusterProfile) -> dict[str, str]:
+    """What the script's flags fall back to (its `declare -rx` constants, launch_plan.py's
+    `$NAME` defaults), from the profile; `submit` reads its flags against the same."""
+    return {
+        "CONTAINER_RUNTIME": profile.container.runtime,
+        "PROFILE_GPUS_MODE": profile.container.gpus,
+        "DEFAULT_IMAGE": profile.container.image or DEFAULT_IMAGE_NAME,
+        "DEFAULT_CONTAINER_MOUNT": profile.paths.container_mount,
+        "DEFAULT_WORKSPACE": profile.paths.workspace,
+        "PROFILE_ROUTER_POLICY": profile.router.policy,
+        "DEFAULT_STAGE_MODEL": profile.paths.local_model_dir,
+    }
+
+
 def build_context(profile: ClusterProfile, nodes: int | None = None) -> RenderContext:
     """Turn a validated profile into the frozen context the templates read."""
     return RenderContext(
@@ -133,7 +147,6 @@ def build_context(profile: ClusterProfile, nodes: int | None = None) -> RenderCo
         fabric_kind=profile.fabric.kind,
         gpus_per_node=profile.slurm.gpus_per_node,
         sbatch_directives=sbatch_directives(profile, nodes),
-        default_image=profile.container.image or DEFAULT_IMAGE_NAME,
         container_mount=profile.paths.container_mount,
         workspace=profile.paths.workspace,
         logs_subdir=profile.paths.logs,
@@ -149,11 +162,11 @@ def build_context(profile: ClusterProfile, nodes: int | None = None) -> RenderCo
         fabric=profile.fabric,
         router=profile.router,
         stage=StageContext(
-            directory=profile.paths.local_model_dir,
             margin_bytes=math.ceil(profile.paths.local_model_margin_gb * 2**30),
             limit_bytes=math.ceil(profile.paths.local_model_limit_gb * 2**30),
             checksum=profile.paths.local_model_checksum,
         ),
+        flag_defaults=flag_defaults(profile),
     )
 
 

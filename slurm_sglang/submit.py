@@ -211,8 +211,9 @@ def submit_local(request: SubmitRequest) -> JobRecord:
             raise sbatch_refusal(str(error), 1) from None
         except submitit.core.utils.FailedSubmissionError as error:
             # sbatch exited 0 but named no job: a job may exist that nothing here tracks.
-            raise ClusterError(f"{str(error).splitlines()[0]}; find the job with squeue --me "
-                               "and scancel it if it is not yours to keep") from None
+            said = " ".join(str(error).split("\nJob instance")[0].split())
+            raise ClusterError(f"{said}; find the job with squeue --me and scancel it if it is "
+                               "not yours to keep") from None
     log_dir = Path(request.workspace) / request.profile.paths.logs / str(job.job_id)
     return JobRecord(
         job_id=str(job.job_id), cluster=request.cluster, log_dir=str(log_dir),

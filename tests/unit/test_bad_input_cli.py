@@ -224,3 +224,19 @@ def test_submit_names_an_sbatch_answer_without_a_job_id_in_one_line(tmp_path: Pa
     assert result.returncode not in (0, 2) and "Traceback" not in result.stderr, result.stderr
     assert len(result.stderr.splitlines()) == 1, result.stderr
     assert "queued, thank you" in result.stderr and "squeue --me" in result.stderr
+
+
+def test_submit_without_image_takes_the_profiles_own(tmp_path: Path) -> None:
+    # The built-in infiniband profile runs enroot with a squashfs image: nothing to refuse.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(f"#!/bin/sh\nprintf '%s\\n' \"$@\" >{tmp_path}/argv\n"
+                                    "echo 'Submitted batch job 7'\n")
+    (bin_dir / "sbatch").chmod(0o755)
+    env = {**_no_slurm_env(), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    result = subprocess.run(
+        [sys.executable, "-m", "slurm_sglang", "submit", "--cluster", "infiniband", "--nodes",
+         "2", "--no-wait", "--workspace", str(tmp_path), "--", "--model-path", "m", "--tp", "2"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "argv").exists()

@@ -371,3 +371,22 @@ def test_every_flag_message_is_written_once_in_the_repository() -> None:
               for lineno, pieces in messages if pieces for path, line in lines
               if all(piece in line for piece in pieces)]
     assert not copies, "flag messages written outside launch_plan.py:\n" + "\n".join(copies)
+
+
+def test_every_constant_a_flag_falls_back_to_comes_from_the_profile() -> None:
+    from slurm_sglang.profile import load_profile
+    from slurm_sglang.render import flag_defaults, render_script
+
+    profile = load_profile("infiniband")
+    named = {candidate[1:] for flag in SCRIPT_FLAGS for candidate in flag.default
+             if candidate.startswith("$") and not candidate.startswith("$SLURM_SGLANG_")} - {"PWD"}
+    assert named == set(flag_defaults(profile))
+    # The script declares each once, as submit reads it.
+    script = render_script(profile)
+    for name in flag_defaults(profile):
+        assert script.count(f"declare -rx {name}=") == 1, name
+    # submit without --image takes the profile's squashfs, which enroot can use.
+    read = parse_script_argv(["--model-path", "m"], {**flag_defaults(profile), "PWD": "/w"},
+                             local=False)
+    assert profile.container.image.endswith(".sqsh")
+    assert read.values["IMAGE"] == profile.container.image
