@@ -1080,9 +1080,13 @@ DOCKER_ARCHIVE_SUFFIXES = IMAGE_FILE_SUFFIXES[:4]
 
 
 def image_conversion_hint(cli: str, image: str) -> str:
-    """Why a docker save tarball cannot serve under enroot (pyxis) or apptainer, with the
-    command that converts it once; '' where the image can serve as it is."""
+    """Why an image file cannot serve under this container CLI (a docker save tarball under
+    enroot or apptainer, a squashfs or SIF file under docker or podman), and what to use
+    instead; '' where it can serve as it is."""
     suffix = next((s for s in DOCKER_ARCHIVE_SUFFIXES if image.endswith(s)), "")
+    if cli in ("docker", "podman") and image.endswith(IMAGE_FILE_SUFFIXES) and not suffix:
+        return ("{} is a squashfs or SIF file, which {} cannot load; use a docker save tarball "
+                "(slurm-sglang image save REF -o FILE) or a registry reference".format(image, cli))
     if cli not in ("enroot", "apptainer", "singularity") or not suffix:
         return ""
     stem = image[:-len(suffix)]

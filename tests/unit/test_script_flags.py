@@ -390,3 +390,11 @@ def test_every_constant_a_flag_falls_back_to_comes_from_the_profile() -> None:
                              local=False)
     assert profile.container.image.endswith(".sqsh")
     assert read.values["IMAGE"] == profile.container.image
+
+
+@pytest.mark.parametrize("image", ["/i/sglang.sqsh", "/i/sglang.sif"])
+def test_docker_refuses_a_squashfs_or_sif_image_before_anything_starts(tmp_path: Path,
+                                                                      image: str) -> None:
+    with pytest.raises(FlagError, match=r"^--image: .* which docker cannot load; use a docker"):
+        _parse(tmp_path, "--container-cli", "docker", "--image", image)
+    assert _parse(tmp_path, "--container-cli", "enroot", "--image", "/i/sglang.sqsh")
