@@ -60,6 +60,8 @@ CASES: dict[str, tuple[list[str], str]] = {
                            "does not exist or is not readable"),
     "image-not-a-tarball": (["--model-path", "m", "--tp", "2", "--image", "{tmp}/fake.tar"],
                             "is not an image tarball"),
+    "image-sif-for-podman": (["--model-path", "m", "--tp", "2", "--image", "{tmp}/s.sif"],
+                             "which podman cannot load"),
     "tp-command-substitution": (["--model-path", "m", "--tp", f"$(touch {CANARY})"],
                                 "is not a whole number"),
     "model-path-newline": (["--model-path", f"m\n$(touch {CANARY})", "--tp", "2"],
