@@ -1635,7 +1635,7 @@ def serve() -> int:
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     while True:
         count = _request_field(stdin)
-        fields = [_request_field(stdin) for _ in range(int(count or 0))]
+        fields = [] if count is None else [_request_field(stdin) for _ in range(int(count))]
         if count is None or None in fields:
             return 0
         code, out = answer([os.fsdecode(field or b"") for field in fields])
