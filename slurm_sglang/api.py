@@ -8,6 +8,7 @@ in views.py; both are exported from here.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,8 +211,11 @@ def submit(
                                "HEALTH_TIMEOUT": str(health_timeout), "IMAGE": image,
                                "API_KEY_FILE": api_key_file, "STAGE_MODEL": stage_model,
                                "TORCH_PROFILE_DIR": torch_dir})
-    parse_script_argv(script_args, {**flag_defaults(profile), "PWD": str(Path.cwd())},
-                      local=not ssh)
+    # Against the environment the job will have: sbatch exports this shell's (a remote job gets
+    # the login shell's, unknown here) with env over it, and the script's constants over both.
+    job_environ = {**({} if ssh else os.environ), **(env or {})}
+    parse_script_argv(script_args, {**job_environ, **flag_defaults(profile),
+                                    "PWD": str(Path.cwd())}, local=not ssh)
     # The cheap checks first: sglang's own parser (seconds) runs once everything else passed.
     quick = check(sglang_args, cluster, nodes, port=port, health_timeout=health_timeout,
                   image=image)

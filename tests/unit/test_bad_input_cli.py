@@ -240,3 +240,25 @@ def test_submit_without_image_takes_the_profiles_own(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "argv").exists()
+
+
+@pytest.mark.parametrize(("name", "flag"), [("SLURM_SGLANG_CONTAINER_CLI", "--container-cli"),
+                                            ("SLURM_SGLANG_GPUS_MODE", "--gpus-mode")])
+def test_submit_checks_the_flags_against_the_environment_the_job_inherits(
+        tmp_path: Path, name: str, flag: str) -> None:
+    # sbatch exports this shell's environment, and the script's flags fall back on these
+    # variables: a bad one would fail on the nodes, so it is refused before sbatch.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(f"#!/bin/sh\ntouch {tmp_path}/submitted\necho 1\n")
+    (bin_dir / "sbatch").chmod(0o755)
+    tarball = tmp_path / "sglang.tar.gz"
+    tarball.write_bytes(b"")
+    env = {**_no_slurm_env(), "PATH": f"{bin_dir}:{os.environ['PATH']}", name: "bogus"}
+    result = subprocess.run(
+        [sys.executable, "-m", "slurm_sglang", "submit", "--nodes", "1", "--image", str(tarball),
+         "--workspace", str(tmp_path), "--", "--model-path", "m"], capture_output=True,
+        text=True, timeout=60, cwd=tmp_path, env=env)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert len(result.stderr.splitlines()) == 1 and flag in result.stderr, result.stderr
+    assert not (tmp_path / "submitted").exists()
