@@ -55,7 +55,7 @@ def test_the_site_file_is_world_readable_holds_no_secret_and_goes_at_cleanup(
     script = _script(tmp_path, str(targets))
     # cleanup exits with the job's code; the nodes' containers are not this test's.
     done = _bash(script, READY + 'cp "$(site_targets_file)" "$WS/seen.json"\n'
-                 'remove_job_containers_everywhere() { :; }\ncleanup\n', workspace)
+                 'on_each_node() { :; }\ncleanup\n', workspace)
     assert done.returncode == 0, done.stderr
     seen = workspace / "seen.json"
     log_copy = workspace / "logs" / "4711" / "prometheus-targets.json"
