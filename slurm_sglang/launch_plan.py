@@ -150,17 +150,6 @@ def table_for(version: str) -> KnownFlags:
     return load_known_flags(older[-1] if older else versions[0])
 
 
-class FlagProblem(NamedTuple):
-    """One thing wrong (error) or worth saying (warning) about an sglang argv."""
-
-    kind: str
-    flag: str
-    message: str
-    severity: str = "error"
-    position: Optional[int] = None
-    suggestion: Optional[str] = None
-
-
 class ParsedOption(NamedTuple):
     """One option token of an argv, resolved the way argparse resolves it."""
 
@@ -171,7 +160,6 @@ class ParsedOption(NamedTuple):
     explicit_value: Optional[str]
     value_indexes: Tuple[int, ...]
     ambiguous_matches: Tuple[str, ...] = ()
-    problems: Tuple[FlagProblem, ...] = ()
 
     def values(self, argv: Sequence[str]) -> Tuple[str, ...]:
         """The option's values as written (the text after '=' counts as one)."""
@@ -203,7 +191,7 @@ def _prefix_matches(token: str, table: KnownFlags) -> Tuple[str, ...]:
     return tuple(s for s in table.declaration_order if s.startswith(head))
 
 
-def _value_count(spec: FlagSpec) -> Tuple[int, Optional[int]]:
+def value_count(spec: FlagSpec) -> Tuple[int, Optional[int]]:
     """How many values an option takes: (at least, at most); None is unbounded."""
     nargs = spec.nargs
     if not spec.takes_value:
@@ -214,24 +202,6 @@ def _value_count(spec: FlagSpec) -> Tuple[int, Optional[int]]:
         return nargs, nargs
     counts: Dict[str, Tuple[int, Optional[int]]] = {"?": (0, 1), "*": (0, None), "+": (1, None)}
     return counts.get(nargs, (0, None))
-
-
-def _check_value(spec: FlagSpec, spelling: str, value: str, position: int
-                 ) -> Optional[FlagProblem]:
-    converted: Any = value
-    try:
-        if spec.value_type == "int":
-            converted = int(value)
-        elif spec.value_type == "float":
-            converted = float(value)
-    except ValueError:
-        return FlagProblem("bad-value", spelling, "{}: invalid {} value: {!r}".format(
-            spelling, spec.value_type, value), position=position)
-    if spec.choices is not None and converted not in spec.choices:
-        choices = ", ".join(repr(choice) for choice in spec.choices)
-        message = "{}: invalid choice: {!r} (choose from {})".format(spelling, value, choices)
-        return FlagProblem("bad-value", spelling, message, position=position)
-    return None
 
 
 def _resolve(token: str, table: KnownFlags
@@ -264,7 +234,7 @@ def parse_options(argv: Sequence[str], version: str = LATEST_KNOWN) -> List[Pars
             index += 1
             continue
         spelling, spec, explicit, matches = _resolve(token, table)
-        low, high = _value_count(spec) if spec else (0, None)
+        low, high = value_count(spec) if spec else (0, None)
         if explicit is not None:
             low, high = max(low - 1, 0), 0
         values: List[int] = []
@@ -273,26 +243,8 @@ def parse_options(argv: Sequence[str], version: str = LATEST_KNOWN) -> List[Pars
             if following >= len(argv) or not _looks_like_value(argv[following], table):
                 break
             values.append(following)
-        problems: List[FlagProblem] = []
-        if spec is not None:
-            if explicit is not None and not spec.takes_value:
-                problems.append(FlagProblem(
-                    "unexpected-value", spelling,
-                    "{}: takes no value, but was given {!r}".format(spelling, explicit),
-                    position=index))
-            elif len(values) < low:
-                wanted = "one argument" if spec.nargs is None else "{!r} arguments".format(
-                    spec.nargs)
-                problems.append(FlagProblem(
-                    "missing-value", spelling,
-                    "argument {}: expected {}".format(spec.display, wanted), position=index))
-            texts = ([explicit] if explicit is not None else []) + [argv[i] for i in values]
-            for value in texts:
-                problem = _check_value(spec, spelling, value, index)
-                if problem is not None:
-                    problems.append(problem)
         parsed.append(ParsedOption(index, token, spelling, spec, explicit, tuple(values),
-                                   matches, tuple(problems)))
+                                   matches))
         index += 1 + len(values)
     return parsed
 
@@ -325,72 +277,32 @@ class Rename(NamedTuple):
 # Versions were read from sglang's released wheels (server_args.py of 0.4.10.post2, 0.5.1-0.5.4,
 # 0.5.10, 0.5.16, 0.5.20-0.5.22) and checked with 0.5.23's parser.
 RENAMES: Tuple[Rename, ...] = (
-    Rename(
-        "--pp",
-        "--pp-size",
-        "0.5.4",
-        "rename",
-        "--pp only ever worked as an argparse prefix of --pp-size; since sglang 0.5.4 added"
-        " --pp-max-micro-batch-size (and later --pp-async-batch-depth) it is ambiguous and"
-        " sglang stops",
-    ),
-    Rename(
-        "--max-micro-batch-size",
-        "--pp-max-micro-batch-size",
-        "0.5.4",
-        "rename",
-        "renamed in sglang 0.5.4 (PR #11279); the old name is rejected",
-    ),
-    Rename(
-        "--enable-ep-moe",
-        "--ep-size <tp-size>",
-        "0.4.10",
-        "warn",
-        "deprecated since sglang 0.4.10.post2 but still works (sglang sets ep size = tp size);"
-        " it stops sglang from 0.5.3 on",
-    ),
-    Rename(
-        "--enable-ep-moe",
-        "--ep-size <tp-size>",
-        "0.5.3",
-        "ep-size-from-tp",
-        "it meant 'expert parallel size = tensor parallel size'; sglang 0.5.3 stops on it"
-        " (deprecated by PR #8658), later releases no longer know it",
-    ),
-    Rename(
-        "--enable-ep",
-        "--ep-size <tp-size>",
-        "0.4.10",
-        "ep-size-from-tp",
-        "the seed's shorthand for expert parallelism; sglang reads it as a prefix, ambiguous"
-        " while --enable-ep-moe exists and, once that is gone, silently --enable-eplb (expert"
-        " load balancing)",
-    ),
-    Rename(
-        "--enable-deepep-moe",
-        "--moe-a2a-backend deepep",
-        "0.4.10",
-        "warn",
-        "deprecated since sglang 0.4.10.post2 but still works (sglang sets --moe-a2a-backend"
-        " deepep); it stops sglang from 0.5.3 on",
-    ),
-    Rename(
-        "--enable-deepep-moe",
-        "--moe-a2a-backend deepep",
-        "0.5.3",
-        "a2a-backend",
-        "replaced by --moe-a2a-backend deepep (PR #8658; sglang then sets ep size = tp size"
-        " itself); sglang 0.5.3 stops on it, later releases no longer know it",
-    ),
-    Rename(
-        "--enable-dp-attention",
-        "--attn-dp-size <dp-size>",
-        "0.5.22",
-        "warn",
-        "deprecated since sglang 0.5.22 but still works: sglang reads --dp N"
-        " --enable-dp-attention as --attn-dp-size N with dp 1; removal planned after"
-        " 2026-12-31, so it is kept as is",
-    ),
+    Rename("--pp", "--pp-size", "0.5.4", "rename",
+           "--pp only ever worked as an argparse prefix of --pp-size; since sglang 0.5.4 added"
+           " --pp-max-micro-batch-size (and later --pp-async-batch-depth) it is ambiguous and"
+           " sglang stops"),
+    Rename("--max-micro-batch-size", "--pp-max-micro-batch-size", "0.5.4", "rename",
+           "renamed in sglang 0.5.4 (PR #11279); the old name is rejected"),
+    Rename("--enable-ep-moe", "--ep-size <tp-size>", "0.4.10", "warn",
+           "deprecated since sglang 0.4.10.post2 but still works (sglang sets ep size = tp size);"
+           " it stops sglang from 0.5.3 on"),
+    Rename("--enable-ep-moe", "--ep-size <tp-size>", "0.5.3", "ep-size-from-tp",
+           "it meant 'expert parallel size = tensor parallel size'; sglang 0.5.3 stops on it"
+           " (deprecated by PR #8658), later releases no longer know it"),
+    Rename("--enable-ep", "--ep-size <tp-size>", "0.4.10", "ep-size-from-tp",
+           "the seed's shorthand for expert parallelism; sglang reads it as a prefix, ambiguous"
+           " while --enable-ep-moe exists and, once that is gone, silently --enable-eplb (expert"
+           " load balancing)"),
+    Rename("--enable-deepep-moe", "--moe-a2a-backend deepep", "0.4.10", "warn",
+           "deprecated since sglang 0.4.10.post2 but still works (sglang sets --moe-a2a-backend"
+           " deepep); it stops sglang from 0.5.3 on"),
+    Rename("--enable-deepep-moe", "--moe-a2a-backend deepep", "0.5.3", "a2a-backend",
+           "replaced by --moe-a2a-backend deepep (PR #8658; sglang then sets ep size = tp size"
+           " itself); sglang 0.5.3 stops on it, later releases no longer know it"),
+    Rename("--enable-dp-attention", "--attn-dp-size <dp-size>", "0.5.22", "warn",
+           "deprecated since sglang 0.5.22 but still works: sglang reads --dp N"
+           " --enable-dp-attention as --attn-dp-size N with dp 1; removal planned after"
+           " 2026-12-31, so it is kept as is"),
 )
 
 
@@ -400,20 +312,10 @@ def renames_for(target_version: str) -> Dict[str, Rename]:
     return {r.old: r for r in sorted(applicable, key=lambda r: version_key(r.since))}
 
 
-class RewriteResult(NamedTuple):
-    """An argv after rewriting old spellings, and one note per change or warning."""
-
-    argv: Tuple[str, ...]
-    notes: Tuple[str, ...]
-
-
-def rewrite_argv(argv: Sequence[str], target_version: str = LATEST_KNOWN) -> RewriteResult:
-    """Rewrite old sglang spellings for the target version; every other byte stays as it was."""
-    return _rewrite(argv, parse_options(argv, target_version), target_version)
-
-
-def _rewrite(argv: Sequence[str], parsed: Sequence[ParsedOption], target_version: str
-             ) -> RewriteResult:
+def rewrite(argv: Sequence[str], parsed: Sequence[ParsedOption], target_version: str
+            ) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
+    """An argv (read as parsed) with old spellings rewritten for the target version, and one
+    note per change or warning; every other byte stays as it was."""
     renames = renames_for(target_version)
     replacements: Dict[int, List[str]] = {}
     notes: List[str] = []
@@ -455,7 +357,7 @@ def _rewrite(argv: Sequence[str], parsed: Sequence[ParsedOption], target_version
     rewritten: List[str] = []
     for index, token in enumerate(argv):
         rewritten.extend(replacements.get(index, [token]))
-    return RewriteResult(tuple(rewritten), tuple(notes))
+    return tuple(rewritten), tuple(notes)
 
 
 class SglangArgv(NamedTuple):
@@ -483,16 +385,10 @@ def read_argv(argv: Sequence[str], version: str = LATEST_KNOWN) -> SglangArgv:
     """Read an sglang argv once: rewrite old spellings, resolve every option. The argv is read
     a second time only when a rewrite moved its tokens."""
     parsed = parse_options(argv, version)
-    rewritten = _rewrite(argv, parsed, version)
-    if rewritten.argv != tuple(argv):
-        parsed = parse_options(rewritten.argv, version)
-    return SglangArgv(rewritten.argv, version, tuple(parsed), rewritten.notes)
-
-
-def read_as_written(argv: Sequence[str], version: str) -> SglangArgv:
-    """An argv read as written, without rewriting old spellings (the rules' argv-taking
-    entry points, for callers that hold a plain argv)."""
-    return SglangArgv(tuple(argv), version, tuple(parse_options(argv, version)))
+    rewritten, notes = rewrite(argv, parsed, version)
+    if rewritten != tuple(argv):
+        parsed = parse_options(rewritten, version)
+    return SglangArgv(rewritten, version, tuple(parsed), notes)
 
 
 # ---- the launcher's rules on sglang's argv ---------------------------------------------------
@@ -554,13 +450,8 @@ def _dest_flag(dest: str, version: str) -> str:
     return "--" + dest.replace("_", "-")
 
 
-def validate_argv(argv: Sequence[str], version: str = LATEST_KNOWN) -> None:
-    """Refuse what the launcher owns or must never see (any spelling argparse accepts)."""
-    check_argv(read_as_written(argv, version))
-
-
 def check_argv(read: SglangArgv) -> None:
-    """validate_argv on an argv read once."""
+    """Refuse what the launcher owns or must never see (any spelling argparse accepts)."""
     argv, version = read.argv, read.version
     for position, arg in enumerate(argv, 1):
         if "\n" in arg or "\r" in arg or "\0" in arg:
@@ -590,11 +481,6 @@ def check_argv(read: SglangArgv) -> None:
             found_model = found_model or bool(values)
     if not found_model:
         raise SpecError("--model-path is required (e.g. --model-path Qwen/Qwen2.5-7B-Instruct)")
-
-
-def model_path(argv: Sequence[str], version: str = LATEST_KNOWN) -> str:
-    """The model path or hub id given with --model-path (any spelling), else ''."""
-    return read_as_written(argv, version).model_path
 
 
 # A hub id as sglang takes it (org/name): neither a path that starts like one nor one that exists.
@@ -662,14 +548,8 @@ def _size(option: ParsedOption, values: Tuple[str, ...]) -> int:
         raise SpecError(str(exc)) from None
 
 
-def parse_parallelism(argv: Sequence[str], version: str = LATEST_KNOWN) -> Parallelism:
-    """Read tp/pp/dp/ep and attention DP from sglang arguments, in any spelling."""
-    # The seed's spellings (--pp) count as what they are rewritten to.
-    return parallelism_of(read_argv(argv, version))
-
-
 def parallelism_of(read: SglangArgv) -> Parallelism:
-    """parse_parallelism on an argv read once."""
+    """Read tp/pp/dp/ep and attention DP from sglang arguments, in any spelling."""
     sizes: Dict[str, int] = {}
     for key, dest, _ in PARALLEL_DESTS:
         kept = read.last(dest)
@@ -684,15 +564,9 @@ def parallelism_of(read: SglangArgv) -> Parallelism:
 METRICS_DEST = "enable_metrics"
 
 
-def server_argv(argv: Sequence[str], replicas: bool, version: str = LATEST_KNOWN
-                ) -> Tuple[str, ...]:
+def server_argv_of(read: SglangArgv, replicas: bool) -> Tuple[str, ...]:
     """A server's sglang arguments: with replicas each is a server of dp 1, so --dp goes;
     every server gets --enable-metrics unless the user gave it (in any spelling)."""
-    return server_argv_of(read_as_written(argv, version), replicas)
-
-
-def server_argv_of(read: SglangArgv, replicas: bool) -> Tuple[str, ...]:
-    """server_argv on an argv read once."""
     argv, version = read.argv, read.version
     dropped: Set[int] = set()
     metrics = False
@@ -713,14 +587,6 @@ def server_argv_of(read: SglangArgv, replicas: bool) -> Tuple[str, ...]:
 
 def _knows_dest(dest: str, version: str) -> bool:
     return any(spec.dest == dest for spec in table_for(version).by_option_string.values())
-
-
-def rank_argv(argv: Sequence[str], nnodes: int, node_rank: int, head_ip: str, dist_port: int,
-              port: int) -> Tuple[str, ...]:
-    """The exact argv of one rank: the server's arguments and what the launcher sets."""
-    return tuple(argv) + ("--nnodes", str(nnodes), "--node-rank", str(node_rank),
-                          "--dist-init-addr", "{}:{}".format(head_ip, dist_port),
-                          "--host", "0.0.0.0", "--port", str(port))
 
 
 # ---- placement: which servers run where, on which GPUs and ports, and why ---------------------

@@ -1,6 +1,6 @@
 """The job's Prometheus metrics: its targets, reading them where the job runs, and a summary.
 
-Every sglang server of a job runs with --enable-metrics (launch_plan.server_argv), so its
+Every sglang server of a job runs with --enable-metrics (launch_plan.server_argv_of), so its
 /metrics is on its HTTP port; sglang-router serves its own on the plan's metrics port. The
 job lists them all in endpoint.json ("metrics"). Reading goes through the transport: curl runs
 where the job's files are (this machine, or the login node over SSH), since one SSH tunnel

@@ -71,9 +71,16 @@ class CheckReport:
         ])
 
 
+def rank_argv(argv: Sequence[str], nnodes: int, node_rank: int, head_ip: str, dist_port: int,
+              port: int) -> tuple[str, ...]:
+    """The exact argv of one rank: the server's arguments and what the script's supervise_rank
+    adds (test_plan_launch compares the two on the sandbox)."""
+    return (*argv, "--nnodes", str(nnodes), "--node-rank", str(node_rank),
+            "--dist-init-addr", f"{head_ip}:{dist_port}", "--host", "0.0.0.0", "--port", str(port))
+
+
 def _parser_verdicts(argv: Sequence[str], nnodes: int, port: int) -> tuple[list[str], list[str]]:
     """sglang's own parser on the head's and a worker's argv: (verdict lines, problems)."""
-    from slurm_sglang.launch_plan import rank_argv
     from slurm_sglang.sglang_parser import check_with_sglang
 
     # The head's address is a placeholder: sglang only parses it here.

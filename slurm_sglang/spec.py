@@ -23,9 +23,9 @@ from slurm_sglang.launch_plan import (
     check_parallelism,
     nodes_needed,
     parallelism_of,
-    parse_parallelism,
     read_argv,
 )
+from slurm_sglang.sglang_flags import parse_parallelism
 
 __all__ = [
     "Parallelism",

@@ -23,11 +23,12 @@ import pytest
 import yaml
 from serving import Serving, job_containers, salloc_serve, serve_env, tiny_model
 
-from slurm_sglang.launch_plan import rank_argv, server_argv
 from slurm_sglang.profile import load_profile
 from slurm_sglang.render import render_script, write_script
 from slurm_sglang.sandbox.layout import SandboxInfo
 from slurm_sglang.sandbox.router import ensure_router_venv
+from slurm_sglang.serve_check import rank_argv
+from slurm_sglang.sglang_flags import server_argv
 
 pytestmark = pytest.mark.cluster
 # An explicit HTTP port keeps the job from moving it when others share the nodes (a default

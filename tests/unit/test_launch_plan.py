@@ -22,7 +22,8 @@ from typing import Any
 import pytest
 
 from slurm_sglang import launch_plan
-from slurm_sglang.launch_plan import parse_parallelism, plan, server_argv
+from slurm_sglang.launch_plan import plan
+from slurm_sglang.sglang_flags import parse_parallelism, server_argv
 
 REPO = Path(__file__).resolve().parents[2]
 MODULE = REPO / "slurm_sglang" / "launch_plan.py"

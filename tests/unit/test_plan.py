@@ -16,13 +16,13 @@ from slurm_sglang.launch_plan import (
     PlanError,
     choose_ports,
     launch,
-    parse_parallelism,
     plan,
     plan_assignments,
     uses_replicas,
 )
 from slurm_sglang.profile import BUILTIN_PROFILE_PACKAGE, load_profile
 from slurm_sglang.render import render_script, write_script
+from slurm_sglang.sglang_flags import parse_parallelism
 
 
 def _plan(argv: str, nodes: int, gpus: int = 8) -> Plan:

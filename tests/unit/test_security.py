@@ -449,7 +449,8 @@ SECRET_SPELLINGS = [["--api-k", "S3CRET"], ["--api-ke=S3CRET"], ["--admin-api-ke
 
 @pytest.mark.parametrize("flag", SECRET_SPELLINGS, ids=lambda flag: flag[0].split("=")[0])
 def test_secret_flags_are_refused_by_prefix_in_check(flag: list[str]) -> None:
-    from slurm_sglang.launch_plan import SpecError, validate_argv
+    from slurm_sglang.launch_plan import SpecError
+    from slurm_sglang.sglang_flags import validate_argv
 
     with pytest.raises(SpecError) as refused:
         validate_argv(["--model-path", "m", *flag])

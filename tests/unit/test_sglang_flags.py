@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from slurm_sglang.launch_plan import SpecError, validate_argv
+from slurm_sglang.launch_plan import SpecError
 from slurm_sglang.maintenance.known_flags import describe_parser, format_table
 from slurm_sglang.sglang_flags import (
     LATEST_KNOWN,
@@ -26,6 +26,7 @@ from slurm_sglang.sglang_flags import (
     parse_options,
     renames_for,
     rewrite_argv,
+    validate_argv,
     version_key,
 )
 from slurm_sglang.sglang_parser import check_with_sglang
