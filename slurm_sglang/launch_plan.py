@@ -929,6 +929,100 @@ def _ports_answer(options: List[str]) -> str:
     return port_assignments(choice)
 
 
+# ---- what a ready job publishes: endpoint.json and its Prometheus targets -------------------
+# Every server runs with --enable-metrics (server_argv_of), so its /metrics is on its HTTP port;
+# the router serves its own on the plan's metrics port. sglang answers /metrics without the API
+# key (it lets health and metrics through for scrapers), so the target files hold no secret.
+
+
+def site_targets_file(directory: str, job_id: str) -> str:
+    """This job's file in the profile's paths.prometheus_targets_dir ('' without one): the
+    user's name says whose job a file is, and keeps apart two clusters' jobs of one id."""
+    if not directory or not job_id:
+        return ""
+    return "{}/slurm-sglang-{}-{}.json".format(directory.rstrip("/"), _user_name(), job_id)
+
+
+def _replace_file(path: str, text: str, mode: int) -> None:
+    """text into path by a temporary file made exclusively beside it (no name in a shared
+    directory is trusted) and a rename, so that no reader sees half a file."""
+    import tempfile
+
+    descriptor, temporary = tempfile.mkstemp(prefix=".slurm-sglang-", suffix=".tmp",
+                                             dir=os.path.dirname(path) or ".")
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.chmod(temporary, mode)
+        os.rename(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+_SITE_WARNED = []  # type: List[str]
+
+
+def _publish_answer(options: List[str]) -> str:
+    """endpoint.json and prometheus-targets.json in the log directory (the user's only), and
+    the targets in the site's file (mode 0644: the site's Prometheus runs as another user).
+    Options come as --name value pairs; lists are ',' within a server and ';' between them."""
+    opt = dict(zip(options[::2], options[1::2]))
+    nodes, ips = opt["--nodes"].split(","), opt["--ips"].split(",")
+    model, job_id, port = opt.get("--model", ""), opt.get("--job-id", ""), int(opt["--port"])
+    endpoint = {"url": opt["--url"], "head": nodes[0], "head_ip": ips[0], "port": port,
+                "dist_init_addr": "{}:{}".format(ips[0], opt["--dist-port"]),
+                "nodes": nodes}  # type: Dict[str, Any]
+    # (name, role, replica, address) of each /metrics
+    targets = [("server", "server", None, "{}:{}".format(ips[0], port))]  # type: List[Any]
+    replicas = int(opt.get("--replicas", "0"))
+    if replicas:
+        spans = [[int(n) for n in span.split(",")] for span in opt["--replica-nodes"].split(";")]
+        planned = opt["--replica-gpu-indexes"].split(";")
+        states = opt.get("--replica-states", "").split(";") + [""] * replicas
+        gpu_sets = opt.get("--replica-gpus", "").split(";") + [""] * replicas
+        endpoint["replicas"], targets = [], []
+        for number, span in enumerate(spans[:replicas]):
+            address = "{}:{}".format(ips[span[0]], int(opt["--replica-base-port"]) + number)
+            gpus = gpu_sets[number] or planned[number]
+            endpoint["replicas"].append({
+                "replica": number, "url": "http://" + address, "nodes": [nodes[n] for n in span],
+                "gpus": [int(g) if g.isdigit() else g for g in gpus.split(",") if g != "all"],
+                "state": states[number] or "starting"})
+            targets.append(("replica-{}".format(number), "server", number, address))
+        endpoint["router_metrics_port"] = int(opt["--router-metrics-port"])
+        targets.append(("router", "router", None, "{}:{}".format(ips[0], opt[
+            "--router-metrics-port"])))
+    endpoint["metrics"] = [{"name": name, "role": role, "replica": replica,
+                            "url": "http://{}/metrics".format(address)}
+                           for name, role, replica, address in targets]
+    import datetime
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    endpoint.update(job_id=job_id, model=model, profile=opt.get("--profile", ""),
+                    ready_at=now.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z")
+    groups = [{"targets": [address], "labels": dict(
+        {"slurm_job_id": job_id, "server": name, "role": role, "model": model},
+        **({} if replica is None else {"replica": str(replica)}))}
+        for name, role, replica, address in targets]
+    listed = json.dumps(groups, indent=2) + "\n"
+    _replace_file(os.path.join(opt["--log-dir"], "prometheus-targets.json"), listed, 0o600)
+    site_file = opt.get("--site-file", "")
+    try:
+        if site_file:
+            _replace_file(site_file, listed, 0o644)
+    except OSError:
+        # The job loses its site-wide discovery, not its serving: a warning, once.
+        if not _SITE_WARNED:
+            _SITE_WARNED.append(site_file)
+            sys.stderr.write("slurm-sglang: cannot write {} (paths.prometheus_targets_dir: does "
+                             "it exist, writable by you?); the site's Prometheus will not find "
+                             "this job\n".format(site_file))
+    _replace_file(os.path.join(opt["--log-dir"], "endpoint.json"),
+                  json.dumps(endpoint, indent=2) + "\n", 0o600)
+    return ""
+
+
 # ---- the script's own flags: one table, its reader, its checks and its usage -----------------
 
 
@@ -1422,7 +1516,8 @@ def script_assignments(options: List[str], argv: Sequence[str],
     if args.help:
         return _print_and_exit(script_usage(environ))
     values = args.values
-    out = shell_assignments(sorted(values.items()))
+    out = shell_assignments(sorted(values.items()) + [("SITE_TARGETS_FILE", site_targets_file(
+        environ.get("PROMETHEUS_TARGETS_DIR", ""), environ.get("SLURM_JOB_ID", "")))])
     if args.api_key:
         out += "export SLURM_SGLANG_API_KEY={}\n".format(shlex.quote(args.api_key))
     version = environ.get("SGLANG_VERSION") or LATEST_KNOWN
@@ -1465,20 +1560,26 @@ def answer(argv: Sequence[str]) -> Tuple[int, bytes]:
     """One plan call: its exit code and its output (shell for the script to eval).
     `script [--nodes N --gpus-per-node G] -- SCRIPT ARGS`: the script's flags, sglang's
     arguments and the plan; `ports`: the plan's ports moved to where they are free, once the
-    nodes said what listens."""
-    if not argv or argv[0] not in ("script", "ports"):
+    nodes said what listens; `publish`: the files a ready job publishes."""
+    if not argv or argv[0] not in ("script", "ports", "publish"):
         sys.stderr.write("usage: launch_plan.py script [--nodes N --gpus-per-node G] -- "
-                         "SCRIPT ARGS | ports --job-id J --port P [--listening NODE=P,P ...]\n")
+                         "SCRIPT ARGS | ports --job-id J --port P [--listening NODE=P,P ...] | "
+                         "publish --log-dir DIR --url URL ...\n")
         return 2, b""
     try:
         if argv[0] == "ports":
             out = _ports_answer(list(argv[1:]))
+        elif argv[0] == "publish":
+            out = _publish_answer(list(argv[1:]))
         else:
             split = list(argv).index("--") if "--" in argv else len(argv)
             out = script_assignments(list(argv[1:split]), argv[split + 1:], os.environ)
     except UserInputError as exc:
         sys.stderr.write("slurm-sglang: {}\n".format(exc))
         return 2, b""
+    except OSError as exc:  # publish's files
+        sys.stderr.write("slurm-sglang: {}\n".format(exc))
+        return 1, b""
     # As bytes: an argument that is not valid in the locale's encoding comes back unchanged.
     return 0, os.fsencode(out)
 
@@ -1497,7 +1598,12 @@ def _request_field(stream: Any) -> Optional[bytes]:
 def serve() -> int:
     """Answer the script's plan calls, one python start for all of a job's: each request on
     stdin is a count and that many arguments, each ended by NUL; each answer on stdout is the
-    output, NUL, the exit code, NUL. Ends with stdin."""
+    output, NUL, the exit code, NUL. Ends with stdin, when the script ends: a Ctrl-C or
+    SLURM's SIGTERM is the script's to handle, and it may still publish while it stops."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     while True:
         count = _request_field(stdin)

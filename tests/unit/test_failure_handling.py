@@ -92,11 +92,44 @@ def test_disk_check_compares_the_profile_number(tmp_path: Path, gb: float, free_
     assert "syntax error" not in done.stderr
 
 
-def test_json_string_escapes_every_control_character(tmp_path: Path) -> None:
-    script = _script(tmp_path, "json")
-    text = "model " + "".join(chr(code) for code in range(1, 32)) + ' \\ " \x7f é end'
-    done = _bash(script, 'json_string "$1"', text)
-    assert json.loads(done.stdout) == text, done.stdout
+def test_endpoint_json_escapes_every_control_character(tmp_path: Path) -> None:
+    from slurm_sglang.launch_plan import answer
+
+    model = "model " + "".join(chr(code) for code in range(1, 32)) + ' \\ " \x7f é end'
+    code, _ = answer(["publish", "--log-dir", str(tmp_path), "--url", "http://10.0.0.5:30000",
+                      "--job-id", "7", "--model", model, "--nodes", "n0,n1",
+                      "--ips", "10.0.0.5,10.0.0.6", "--port", "30000", "--dist-port", "20000"])
+    assert code == 0
+    endpoint = json.loads((tmp_path / "endpoint.json").read_text())
+    assert endpoint["model"] == model
+    assert (endpoint["head"], endpoint["head_ip"], endpoint["dist_init_addr"]) == (
+        "n0", "10.0.0.5", "10.0.0.5:20000")
+    targets = json.loads((tmp_path / "prometheus-targets.json").read_text())
+    assert targets[0]["labels"]["model"] == model
+
+
+def test_endpoint_json_lists_each_replica_with_its_nodes_gpus_and_state(tmp_path: Path) -> None:
+    from slurm_sglang.launch_plan import answer
+
+    # Two replicas of two nodes each; replica 1's ranks reported GPU UUIDs, replica 0's none.
+    code, _ = answer(["publish", "--log-dir", str(tmp_path), "--url", "http://10.0.0.5:30000",
+                      "--job-id", "7", "--model", "m", "--nodes", "a,b,c,d",
+                      "--ips", "10.0.0.1,10.0.0.2,10.0.0.3,10.0.0.4", "--port", "30000",
+                      "--dist-port", "20000", "--replicas", "2", "--replica-nodes", "0,1;2,3",
+                      "--replica-gpu-indexes", "0,1;0,1", "--replica-states", "up;starting;",
+                      "--replica-gpus", ";GPU-a,GPU-b;", "--replica-base-port", "30001",
+                      "--router-metrics-port", "29001"])
+    assert code == 0
+    endpoint = json.loads((tmp_path / "endpoint.json").read_text())
+    assert endpoint["replicas"] == [
+        {"replica": 0, "url": "http://10.0.0.1:30001", "nodes": ["a", "b"], "gpus": [0, 1],
+         "state": "up"},
+        {"replica": 1, "url": "http://10.0.0.3:30002", "nodes": ["c", "d"],
+         "gpus": ["GPU-a", "GPU-b"], "state": "starting"}]
+    assert endpoint["router_metrics_port"] == 29001
+    assert [entry["url"] for entry in endpoint["metrics"]] == [
+        "http://10.0.0.1:30001/metrics", "http://10.0.0.3:30002/metrics",
+        "http://10.0.0.1:29001/metrics"]
 
 
 def test_log_tail_reads_a_log_whose_path_looks_like_an_option(tmp_path: Path) -> None:

@@ -1,8 +1,9 @@
 """The job's Prometheus target file in the profile's paths.prometheus_targets_dir (issue 20, 3).
 
-The rendered script's own functions run in bash against a temporary directory: the file is
-written there for the site's Prometheus (mode 0644, no secret, replaced atomically) and removed
-when the job ends; the log directory's copy stays the user's only.
+launch_plan.py's `publish` (the script's call when its servers are ready or change) writes it
+for the site's Prometheus (mode 0644, no secret, replaced atomically) beside the log directory's
+copy, which stays the user's only. The script's own functions, run in bash, remove it when the
+job ends and before a requeued job starts again.
 """
 
 from __future__ import annotations
@@ -15,16 +16,23 @@ from pathlib import Path
 
 import pytest
 
+from slurm_sglang import launch_plan
 from slurm_sglang.profile import ClusterProfile, ProfileError, load_profile, merge_profile_data
-from slurm_sglang.render import render_script
+from slurm_sglang.render import flag_defaults, render_script
 
 PRELUDE = 'source <(sed \'$d\' "$1")\nset +e\nshift\n'
 SECRET = "sk-not-for-prometheus"
-# A ready single-server job: what write_endpoint has when it writes the target file.
-READY = (f'WORKSPACE=$WS SLURM_JOB_ID=4711 TORCH_PROFILE_DIR=; prepare_log_dir\n'
-         f'SLURM_SGLANG_API_KEY={SECRET} MODEL_PATH=/models/tiny REPLICA_MODE=0 '
-         'HEAD_IP=10.0.0.5 PORT=30000\n'
-         'write_prometheus_targets\n')
+# A ready single-server job, as the script's publish_endpoint describes it.
+READY = ["--url", "http://10.0.0.5:30000", "--job-id", "4711", "--model", "/models/tiny",
+         "--profile", "default", "--nodes", "n0", "--ips", "10.0.0.5", "--port", "30000",
+         "--dist-port", "20000", "--replicas", "0"]
+
+
+def _publish(log_dir: Path, site_file: str) -> int:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    code, _ = launch_plan.answer(["publish", "--log-dir", str(log_dir), "--site-file", site_file,
+                                  *READY])
+    return code
 
 
 def _script(folder: Path, targets_dir: str) -> Path:
@@ -35,10 +43,11 @@ def _script(folder: Path, targets_dir: str) -> Path:
     return path
 
 
-def _bash(script: Path, body: str, workspace: Path) -> subprocess.CompletedProcess[str]:
+def _bash(script: Path, body: str, workspace: Path, site: Path
+          ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["bash", "-c", PRELUDE + body, "test", str(script)],
                           capture_output=True, text=True, timeout=60, check=False,
-                          env={**os.environ, "WS": str(workspace)})
+                          env={**os.environ, "WS": str(workspace), "SITE_TARGETS_FILE": str(site)})
 
 
 def _site_file(targets: Path) -> Path:
@@ -46,42 +55,45 @@ def _site_file(targets: Path) -> Path:
     return targets / f"slurm-sglang-{user.strip()}-4711.json"
 
 
+def test_the_script_learns_its_site_file_from_the_plan(tmp_path: Path) -> None:
+    targets = tmp_path / "targets"
+    environ = {**flag_defaults(load_profile("default")), "PWD": str(tmp_path),
+               "PROMETHEUS_TARGETS_DIR": f"{targets}/", "SLURM_JOB_ID": "4711"}
+    out = launch_plan.script_assignments([], ["--model-path", "m"], environ)
+    assert f"SITE_TARGETS_FILE={_site_file(targets)}\n" in out
+    out = launch_plan.script_assignments([], ["--model-path", "m"],
+                                         {**environ, "PROMETHEUS_TARGETS_DIR": ""})
+    assert "SITE_TARGETS_FILE=''\n" in out
+
+
 def test_the_site_file_is_world_readable_holds_no_secret_and_goes_at_cleanup(
-        tmp_path: Path) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLURM_SGLANG_API_KEY", SECRET)
     targets = tmp_path / "targets"
     targets.mkdir()
     workspace = tmp_path / "ws"
-    workspace.mkdir()
-    script = _script(tmp_path, str(targets))
-    # cleanup exits with the job's code; the nodes' containers are not this test's.
-    done = _bash(script, READY + 'cp "$(site_targets_file)" "$WS/seen.json"\n'
-                 'on_each_node() { :; }\ncleanup\n', workspace)
-    assert done.returncode == 0, done.stderr
-    seen = workspace / "seen.json"
-    log_copy = workspace / "logs" / "4711" / "prometheus-targets.json"
-    assert seen.read_text() == log_copy.read_text()
-    assert SECRET not in seen.read_text()
-    groups = json.loads(seen.read_text())
-    assert groups == [{"targets": ["10.0.0.5:30000"], "labels": {
+    log_dir = workspace / "logs" / "4711"
+    site = _site_file(targets)
+    assert _publish(log_dir, str(site)) == 0
+    log_copy = log_dir / "prometheus-targets.json"
+    assert site.read_text() == log_copy.read_text()
+    assert SECRET not in site.read_text()
+    assert json.loads(site.read_text()) == [{"targets": ["10.0.0.5:30000"], "labels": {
         "slurm_job_id": "4711", "server": "server", "role": "server",
         "model": "/models/tiny"}}]
-    # Removed at the end: a later job may take these addresses.
-    assert not _site_file(targets).exists()
-    assert list(targets.iterdir()) == []
-    assert stat.S_IMODE(log_copy.stat().st_mode) == 0o600
-
-
-def test_the_site_file_is_mode_0644_while_the_job_runs(tmp_path: Path) -> None:
-    targets = tmp_path / "targets"
-    targets.mkdir()
-    workspace = tmp_path / "ws"
-    workspace.mkdir()
-    done = _bash(_script(tmp_path, f"{targets}/"), READY, workspace)
-    assert done.returncode == 0, done.stderr
-    site = _site_file(targets)
     assert stat.S_IMODE(site.stat().st_mode) == 0o644
-    # Nothing else: the temporary file became the target by a rename.
+    assert stat.S_IMODE(log_copy.stat().st_mode) == 0o600
+    assert stat.S_IMODE((log_dir / "endpoint.json").stat().st_mode) == 0o600
+    # Nothing else: each temporary file became its target by a rename.
     assert [path.name for path in targets.iterdir()] == [site.name]
+    assert sorted(path.name for path in log_dir.iterdir()) == ["endpoint.json",
+                                                              "prometheus-targets.json"]
+    # Removed at the end: a later job may take these addresses.
+    done = _bash(_script(tmp_path, str(targets)), 'LOG_DIR=$WS/logs/4711 RUN_DIR=""\n'
+                 'on_each_node() { :; }\ncleanup\n', workspace, site)
+    assert done.returncode == 0, done.stderr
+    assert not site.exists()
+    assert log_copy.exists()
 
 
 def test_a_requeued_job_removes_its_earlier_site_file(tmp_path: Path) -> None:
@@ -93,27 +105,28 @@ def test_a_requeued_job_removes_its_earlier_site_file(tmp_path: Path) -> None:
     site.write_text("[]\n")
     done = _bash(_script(tmp_path, str(targets)),
                  "WORKSPACE=$WS SLURM_JOB_ID=4711 TORCH_PROFILE_DIR=; prepare_log_dir\n",
-                 workspace)
+                 workspace, site)
     assert done.returncode == 0, done.stderr
     assert not site.exists()
 
 
 def test_a_directory_that_cannot_take_it_warns_once_and_the_job_goes_on(
-        tmp_path: Path) -> None:
-    workspace = tmp_path / "ws"
-    workspace.mkdir()
-    missing = tmp_path / "no-such-dir"
-    done = _bash(_script(tmp_path, str(missing)),
-                 READY + "write_prometheus_targets\necho still-serving\n", workspace)
-    assert done.returncode == 0, done.stderr
-    assert "still-serving" in done.stdout
-    assert done.stderr.count("prometheus_targets_dir") == 1
-    assert (workspace / "logs" / "4711" / "prometheus-targets.json").exists()
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(launch_plan, "_SITE_WARNED", [])
+    log_dir = tmp_path / "ws" / "logs" / "4711"
+    missing = tmp_path / "no-such-dir" / "slurm-sglang-me-4711.json"
+    assert _publish(log_dir, str(missing)) == 0
+    assert _publish(log_dir, str(missing)) == 0
+    assert capsys.readouterr().err.count("prometheus_targets_dir") == 1
+    assert (log_dir / "prometheus-targets.json").exists()
+    assert (log_dir / "endpoint.json").exists()
 
 
 def test_without_the_key_nothing_is_written_outside_the_log_directory(tmp_path: Path) -> None:
     script = _script(tmp_path, "")
     assert "declare -rx PROMETHEUS_TARGETS_DIR=''" in script.read_text()
+    assert launch_plan.site_targets_file("", "4711") == ""
 
 
 @pytest.mark.parametrize("value", ["targets", "srv/prometheus", "/srv/a\n/srv/b"])
