@@ -967,7 +967,9 @@ def _publish_answer(options: List[str]) -> str:
     """endpoint.json and prometheus-targets.json in the log directory (the user's only), and
     the targets in the site's file (mode 0644: the site's Prometheus runs as another user).
     Options come as --name value pairs; lists are ',' within a server and ';' between them."""
-    opt = dict(zip(options[::2], options[1::2]))
+    # JSON text from the bytes bash sent, whatever the locale python decoded them with.
+    opt = {name: os.fsencode(value).decode("utf-8", "replace")
+           for name, value in zip(options[::2], options[1::2])}
     nodes, ips = opt["--nodes"].split(","), opt["--ips"].split(",")
     model, job_id, port = opt.get("--model", ""), opt.get("--job-id", ""), int(opt["--port"])
     endpoint = {"url": opt["--url"], "head": nodes[0], "head_ip": ips[0], "port": port,
@@ -1005,6 +1007,8 @@ def _publish_answer(options: List[str]) -> str:
         {"slurm_job_id": job_id, "server": name, "role": role, "model": model},
         **({} if replica is None else {"replica": str(replica)}))}
         for name, role, replica, address in targets]
+    _replace_file(os.path.join(opt["--log-dir"], "endpoint.json"),
+                  json.dumps(endpoint, indent=2) + "\n", 0o600)
     listed = json.dumps(groups, indent=2) + "\n"
     _replace_file(os.path.join(opt["--log-dir"], "prometheus-targets.json"), listed, 0o600)
     site_file = opt.get("--site-file", "")
@@ -1018,8 +1022,6 @@ def _publish_answer(options: List[str]) -> str:
             sys.stderr.write("slurm-sglang: cannot write {} (paths.prometheus_targets_dir: does "
                              "it exist, writable by you?); the site's Prometheus will not find "
                              "this job\n".format(site_file))
-    _replace_file(os.path.join(opt["--log-dir"], "endpoint.json"),
-                  json.dumps(endpoint, indent=2) + "\n", 0o600)
     return ""
 
 
@@ -1577,8 +1579,11 @@ def answer(argv: Sequence[str]) -> Tuple[int, bytes]:
     except UserInputError as exc:
         sys.stderr.write("slurm-sglang: {}\n".format(exc))
         return 2, b""
-    except OSError as exc:  # publish's files
-        sys.stderr.write("slurm-sglang: {}\n".format(exc))
+    except Exception as exc:
+        # publish's files, or a malformed call: the job serves on, and so does the server.
+        if argv[0] != "publish":
+            raise
+        sys.stderr.write("slurm-sglang: publish: {}: {}\n".format(type(exc).__name__, exc))
         return 1, b""
     # As bytes: an argument that is not valid in the locale's encoding comes back unchanged.
     return 0, os.fsencode(out)
@@ -1616,7 +1621,8 @@ def serve() -> int:
 
 
 def main(argv: Sequence[str]) -> int:
-    """`launch_plan.py script|ports ...`: one plan call (answer), its output on stdout."""
+    """`launch_plan.py script|ports|publish ...`: one plan call (answer), its output on
+    stdout."""
     code, out = answer(argv)
     sys.stdout.buffer.write(out)
     return code

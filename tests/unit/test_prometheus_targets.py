@@ -135,3 +135,31 @@ def test_a_relative_or_multi_line_directory_is_refused(tmp_path: Path, value: st
     path.write_text(json.dumps({"paths": {"prometheus_targets_dir": value}}))
     with pytest.raises(ProfileError, match="prometheus_targets_dir"):
         load_profile(str(path))
+
+
+def test_the_script_publishes_through_its_plan_server_by_node_position(tmp_path: Path) -> None:
+    # The script's own publish_endpoint, through the coprocess: node b reported no address, so
+    # replica 2 must still get node c's, and the server must answer a second time.
+    script = _script(tmp_path, "")
+    body = (f"SUPPORT_DIR={Path(launch_plan.__file__).parent} LOG_DIR=$WS SITE_TARGETS_FILE=\n"
+            "SLURM_JOB_ID=9 MODEL_PATH=/m PORT=30000 DIST_PORT=20000 REPLICA_MODE=1 REPLICAS=3\n"
+            "REPLICA_NODES='0;1;2' REPLICA_GPU_INDEXES='0;0;0' REPLICA_BASE_PORT=30001\n"
+            "ROUTER_METRICS_PORT=29001 NODES=(a b c) NODE_IPS=([0]=10.0.0.1 [2]=10.0.0.3)\n"
+            "REPLICA_STATE=(up) REPLICA_GPU_SET=()\n"
+            "publish_endpoint http://10.0.0.1:30000 && publish_endpoint http://10.0.0.1:30000 "
+            "&& echo published\n")
+    done = subprocess.run(["bash", "-c", PRELUDE + body, "test", str(script)],
+                          capture_output=True, text=True, timeout=60, check=False,
+                          env={**os.environ, "WS": str(tmp_path)})
+    assert done.stdout == "published\n", done.stderr
+    endpoint = json.loads((tmp_path / "endpoint.json").read_text())
+    assert [replica["url"] for replica in endpoint["replicas"]] == [
+        "http://10.0.0.1:30001", "http://:30002", "http://10.0.0.3:30003"]
+    assert [replica["state"] for replica in endpoint["replicas"]] == ["up", "starting",
+                                                                      "starting"]
+
+
+def test_a_publish_that_fails_leaves_the_server_serving(tmp_path: Path) -> None:
+    code, _ = launch_plan.answer(["publish", "--log-dir", str(tmp_path), "--nodes", "a"])
+    assert code == 1
+    assert _publish(tmp_path / "logs", "") == 0
