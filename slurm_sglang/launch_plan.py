@@ -943,20 +943,21 @@ def site_targets_file(directory: str, job_id: str) -> str:
     return "{}/slurm-sglang-{}-{}.json".format(directory.rstrip("/"), _user_name(), job_id)
 
 
-def _replace_file(path: str, text: str, mode: int) -> None:
+def replace_file(path: str, text: str, mode: int) -> None:
     """text into path by a temporary file made exclusively beside it (no name in a shared
     directory is trusted) and a rename, so that no reader sees half a file."""
     import tempfile
 
     descriptor, temporary = tempfile.mkstemp(prefix=".slurm-sglang-", suffix=".tmp",
-                                             dir=os.path.dirname(path) or ".")
+                                             dir=os.path.dirname(os.path.abspath(path)))
     try:
         with os.fdopen(descriptor, "w", encoding="utf-8") as out:
             out.write(text)
         os.chmod(temporary, mode)
-        os.rename(temporary, path)
+        os.replace(temporary, path)
     except BaseException:
-        os.unlink(temporary)
+        if os.path.exists(temporary):
+            os.unlink(temporary)
         raise
 
 
@@ -1007,14 +1008,14 @@ def _publish_answer(options: List[str]) -> str:
         {"slurm_job_id": job_id, "server": name, "role": role, "model": model},
         **({} if replica is None else {"replica": str(replica)}))}
         for name, role, replica, address in targets]
-    _replace_file(os.path.join(opt["--log-dir"], "endpoint.json"),
+    replace_file(os.path.join(opt["--log-dir"], "endpoint.json"),
                   json.dumps(endpoint, indent=2) + "\n", 0o600)
     listed = json.dumps(groups, indent=2) + "\n"
-    _replace_file(os.path.join(opt["--log-dir"], "prometheus-targets.json"), listed, 0o600)
+    replace_file(os.path.join(opt["--log-dir"], "prometheus-targets.json"), listed, 0o600)
     site_file = opt.get("--site-file", "")
     try:
         if site_file:
-            _replace_file(site_file, listed, 0o644)
+            replace_file(site_file, listed, 0o644)
     except OSError:
         # The job loses its site-wide discovery, not its serving: a warning, once.
         if not _SITE_WARNED:

@@ -8,9 +8,9 @@ import os
 import shlex
 import socket
 import subprocess
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 
+from slurm_sglang.launch_plan import replace_file
 from slurm_sglang.transport.base import (
     CommandResult,
     CommandTimeoutError,
@@ -93,19 +93,9 @@ class LocalTransport:
     def write_text(self, path: str, text: str, mode: int = 0o644) -> None:
         """Write text atomically: a temporary file beside path, then rename over it."""
         target = os.path.expanduser(path)
-        directory = os.path.dirname(os.path.abspath(target))
         logger.debug("local: write %s (%d bytes)", target, len(text))
         with _file_errors(target):
-            handle, tmp_path = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-            try:
-                with os.fdopen(handle, "w", encoding="utf-8") as tmp_file:
-                    tmp_file.write(text)
-                os.chmod(tmp_path, mode)
-                os.replace(tmp_path, target)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp_path)
-                raise
+            replace_file(target, text, mode)
 
     def read_text(self, path: str) -> str:
         """Return the content of path as text."""
