@@ -15,8 +15,8 @@ from slurm_sglang.render import render_script, support_files
 
 # 2,594 -> 2,421 (runtime code into its partials, shared sweep and pre-flight failure paths,
 # the JSON writers into launch_plan.py), then +8: the IPs by node position and the plan server
-# started once (review of 3bb1706).
-SCRIPT_BUDGET = 2429
+# started once (review of 3bb1706); -7: the disk check rendered only where the profile sets one.
+SCRIPT_BUDGET = 2422
 # 1,654 -> 1,520: the entry points and flag checks only the package uses moved to
 # sglang_flags.py; then +106 for `publish`, which writes endpoint.json and the Prometheus target
 # files (126 lines of bash and its own JSON escaping gone from the rendering); +6 for publish's
