@@ -1458,7 +1458,6 @@ def shell_assignments(values: Sequence[Tuple[str, str]],
 def plan_assignments(result: Launch) -> str:
     """The plan as bash assignments; lists are ';' between servers and ',' within one."""
     placed = result.plan
-    par = result.parallelism
 
     def joined(values: Sequence[int]) -> str:
         return ",".join(str(value) for value in values)
@@ -1477,7 +1476,6 @@ def plan_assignments(result: Launch) -> str:
         ("ROUTER_METRICS_PORT", str(placed.router_metrics_port or "")),
         ("GPUS_PER_RANK", str(placed.gpus_per_rank)),
         ("MIN_REPLICAS", str(result.min_replicas)),
-        ("PARALLELISM", "tp={} pp={} dp={} ep={}".format(par.tp, par.pp, par.dp, par.ep)),
     ], [("SGLANG_ARGS", result.server_argv)])
 
 
@@ -1546,6 +1544,12 @@ def script_assignments(options: List[str], argv: Sequence[str],
         sys.stderr.write("slurm-sglang: note: {}\n".format(note))
     if values["DRY_RUN"] == "1":
         return _print_and_exit(result.plan.table())
+    if result.plan.router:
+        # The placement before anything starts: the table `check` and --dry-run print.
+        par = result.parallelism
+        sys.stderr.write("slurm-sglang: plan: tp {} pp {} dp {} ep {}, behind sglang-router ({}):"
+                         "\n  {}\n".format(par.tp, par.pp, par.dp, par.ep, values["ROUTER_POLICY"],
+                                          result.plan.table().replace("\n", "\n  ")))
     return out + plan_assignments(result)
 
 

@@ -128,8 +128,7 @@ def test_uses_no_api_newer_than_python_3_6() -> None:
 # ---- (b) the output bash evals -----------------------------------------------------------------
 
 PLAN_VARIABLES = ("MODEL_PATH", "REPLICA_MODE", "REPLICAS", "REPLICA_SPAN", "REPLICA_NODES",
-                  "REPLICA_GPU_INDEXES", "REPLICA_BASE_PORT", "GPUS_PER_RANK", "MIN_REPLICAS",
-                  "PARALLELISM")
+                  "REPLICA_GPU_INDEXES", "REPLICA_BASE_PORT", "GPUS_PER_RANK", "MIN_REPLICAS")
 # Eval what the module prints, as plan.sh.j2 does; then every variable and SGLANG_ARGS with NUL
 # separators, which hold any byte a bash string can.
 EVAL_AND_DUMP = r"""
@@ -166,7 +165,6 @@ def test_bash_evals_one_server_over_two_nodes() -> None:
         "MODEL_PATH": b"m", "REPLICA_MODE": b"0", "REPLICAS": b"1", "REPLICA_SPAN": b"2",
         "REPLICA_NODES": b"0,1", "REPLICA_GPU_INDEXES": b"0,1,2,3,4,5,6,7",
         "REPLICA_BASE_PORT": b"30001", "GPUS_PER_RANK": b"8", "MIN_REPLICAS": b"1",
-        "PARALLELISM": b"tp=16 pp=1 dp=1 ep=1",
     }
     assert args == [arg.encode() for arg in [*argv, "--enable-metrics"]]
 
@@ -182,9 +180,20 @@ def test_bash_evals_replicas_as_the_plan_places_them() -> None:
     assert variables["REPLICA_GPU_INDEXES"].decode() == ";".join(
         ",".join(map(str, r.gpus)) for r in placed.replicas)
     assert variables["REPLICA_BASE_PORT"] == str(placed.replicas[0].port).encode() == b"31001"
-    assert variables["PARALLELISM"] == b"tp=2 pp=1 dp=8 ep=1"
     # Each replica is a server of dp 1: --dp stays out of its argv.
     assert args == [b"--model-path", b"m", b"--tp", b"2", b"--enable-metrics"]
+
+
+def test_the_script_shows_the_replica_plan_that_check_shows(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--model-path", "m", "--tp", "2", "--dp", "8"]
+    launch_plan.script_assignments(["--nodes", "2", "--gpus-per-node", "8"], argv,
+                                   {"PWD": str(REPO)})
+    shown = capsys.readouterr().err
+    assert "slurm-sglang: plan: tp 2 pp 1 dp 8 ep 1, behind sglang-router (cache_aware):" in shown
+    table = plan(parse_parallelism(argv), 2, 8).table().splitlines()
+    # A header, 8 replicas, the router and its metrics port, 2 reasons.
+    assert len(table) == 13 and all(f"\n  {line}\n" in shown for line in table)
 
 
 @pytest.mark.parametrize("replicas", [False, True])
