@@ -586,15 +586,18 @@ def test_force_removes_by_uid_and_never_an_image_in_use(tmp_path: Path, in_use: 
     own_uid = str(os.getuid())
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "CALLS": str(calls), "OWN_UID": own_uid,
            "GOOD_ID": GOOD_ID, "USER": "bob", **({"IN_USE": "1"} if in_use else {})}
+    # What a node runs under --force, in prepare_node's order: the stale jobs' containers,
+    # then image_ensure (this job's containers, then the image).
     body = ("CONTAINER_CLI=docker SLURM_JOB_ID=505 FORCE=1 IMAGE=good/sglang:1 "
-            "IMAGE_REF=good/sglang:1 IMAGE_ID=; JOB_UID=$(id -u); image_ensure\n")
+            "IMAGE_REF=good/sglang:1 IMAGE_ID=; JOB_UID=$(id -u); stale_containers_remove; "
+            "image_ensure\n")
     done = subprocess.run(["bash", "-c", PRELUDE + body, "test", str(script)],
                           capture_output=True, text=True, timeout=60, check=False, env=env)
     made = calls.read_text().splitlines()
     assert not [c for c in made if c.startswith("rmi -f") or c.startswith("image rm -f")], made
     removed = [c for c in made if c.startswith("rm ")]
     # This job's and a gone job's containers go; the user's other running job (202) keeps its.
-    assert removed == ["rm -f c-this", "rm -f c-101"], (made, done.stderr)
+    assert removed == ["rm -f c-101", "rm -f c-this"], (made, done.stderr)
     assert all(f"uid={own_uid}" in c for c in made if "slurm-sglang.uid" in c)
     assert not [c for c in made if "bob" in c]
     if in_use:
