@@ -842,9 +842,8 @@ class PortChoice(NamedTuple):
 def choose_ports(listening: Mapping[str, Sequence[int]], job_id: int, port: int,
                  port_explicit: bool, dist_port: int, replicas: int, others_here: bool,
                  check: bool = True) -> PortChoice:
-    """Ports free on every node (jobs may share nodes; listening: each node's ports in use, by a
-    listener or a connection): a default one moves, an explicit one in use is a problem
-    (nodes, message) for the pre-flight table unless check is off."""
+    """Ports free on every node (jobs may share nodes): a default one moves, an explicit one in
+    use is a problem (nodes, message) for the pre-flight table unless check is off."""
     busy = {}  # type: Dict[int, List[str]]
     for node, ports in sorted(listening.items()):
         for number in ports:
