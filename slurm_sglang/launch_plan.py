@@ -839,11 +839,30 @@ class PortChoice(NamedTuple):
     problems: Tuple[Tuple[str, str], ...]
 
 
+# Derived dist-init ports lie below the nodes' ephemeral range (Linux: 32768 up), where no
+# connection's local port lands: the nodes report only listeners, and a port slurmstepd holds
+# for its connection to srun would pass as free, then fail sglang's bind.
+DIST_BASE = 20000
+
+
+def dist_slots(ephemeral_from: int) -> int:
+    """How many 16-port dist-init slots fit from DIST_BASE below the ephemeral range (2000 as
+    before where the range leaves no room: bind failures are then possible)."""
+    slots = (min(ephemeral_from, 65536) - DIST_BASE) // 16
+    return slots if slots >= 64 else 2000
+
+
+def derived_dist_port(job_id: int, ephemeral_from: int = 32768) -> int:
+    """The dist-init port a job derives from its id before any port in use moves it."""
+    return DIST_BASE + (job_id % dist_slots(ephemeral_from)) * 16
+
+
 def choose_ports(listening: Mapping[str, Sequence[int]], job_id: int, port: int,
                  port_explicit: bool, dist_port: int, replicas: int, others_here: bool,
-                 check: bool = True) -> PortChoice:
+                 check: bool = True, ephemeral_from: int = 32768) -> PortChoice:
     """Ports free on every node (jobs may share nodes): a default one moves, an explicit one in
     use is a problem (nodes, message) for the pre-flight table unless check is off."""
+    top = DIST_BASE + dist_slots(ephemeral_from) * 16
     busy = {}  # type: Dict[int, List[str]]
     for node, ports in sorted(listening.items()):
         for number in ports:
@@ -869,12 +888,13 @@ def choose_ports(listening: Mapping[str, Sequence[int]], job_id: int, port: int,
                              "dist port {} (--dist-port) is in use".format(dist_port)))
     else:
         # Attention DP binds P .. P+13 on the head, P .. P+6 on every node.
-        dist_port = 20000 + (job_id % 2000) * 16
+        dist_port = derived_dist_port(job_id, ephemeral_from)
         for _ in range(64):
             if (dist_port + 16 <= port or dist_port > port) and free(dist_port, 14):
                 break
-            # A far hop: the next slots belong to jobs submitted just before or after this one.
-            dist_port = 20000 + (dist_port - 20000 + 16 * 1009) % 32000
+            # A far hop (1009 is prime to every slot count): the next slots belong to jobs
+            # submitted just before or after this one.
+            dist_port = DIST_BASE + (dist_port - DIST_BASE + 16 * 1009) % (top - DIST_BASE)
     planned.update({port}, range(dist_port, dist_port + 14))
     base = port + 1
     dist_ports = []  # type: List[int]
@@ -886,17 +906,17 @@ def choose_ports(listening: Mapping[str, Sequence[int]], job_id: int, port: int,
             problems.append(("-", "no block of {} free ports above {} for the replicas and the "
                                   "router's metrics".format(width, port)))
         planned.update(range(base, base + width))
-        candidate = 20000 + (job_id % 2000) * 16
+        candidate = derived_dist_port(job_id, ephemeral_from)
         for _ in range(replicas):
             for _ in range(4096):
-                candidate = 20000 if candidate + 2 > 52000 else candidate + 2
+                candidate = DIST_BASE if candidate + 4 > top else candidate + 2
                 if free(candidate, 2):
                     break
             planned.update((candidate, candidate + 1))
             dist_ports.append(candidate)
     # The NCCL check's rendezvous: apart from the dist-init range, so sglang never meets its
     # TIME_WAIT.
-    first = dist_port + 14 if dist_port + 214 <= 65535 else 20000
+    first = dist_port + 14 if dist_port + 214 <= top else DIST_BASE
     nccl_port = next((p for p in range(first, first + 200) if free(p, 1)), 0)
     return PortChoice(port, dist_port, base, tuple(dist_ports),
                       router_metrics_port(base - 1, replicas) if replicas else 0, nccl_port,
@@ -920,12 +940,16 @@ def _ports_answer(options: List[str]) -> str:
     while "--listening" in options:
         node, _, ports = _str_option(options, "--listening", "").partition("=")
         listening[node] = [int(p) for p in ports.split(",") if p.isdigit()]
+    # The lowest start of the nodes' ephemeral ranges.
+    ephemeral_from = 32768
+    while "--ephemeral-from" in options:
+        ephemeral_from = min(ephemeral_from, _int_option(options, "--ephemeral-from", 32768))
     choice = choose_ports(
         listening, _int_option(options, "--job-id", 0), _int_option(options, "--port", 30000),
         _str_option(options, "--port-explicit", "0") == "1",
         _int_option(options, "--dist-port", 0), _int_option(options, "--replicas", 0),
         _str_option(options, "--others-here", "0") == "1",
-        _str_option(options, "--check", "1") == "1")
+        _str_option(options, "--check", "1") == "1", ephemeral_from)
     return port_assignments(choice)
 
 
@@ -1570,8 +1594,8 @@ def answer(argv: Sequence[str]) -> Tuple[int, bytes]:
     nodes said what listens; `publish`: the files a ready job publishes."""
     if not argv or argv[0] not in ("script", "ports", "publish"):
         sys.stderr.write("usage: launch_plan.py script [--nodes N --gpus-per-node G] -- "
-                         "SCRIPT ARGS | ports --job-id J --port P [--listening NODE=P,P ...] | "
-                         "publish --log-dir DIR --url URL ...\n")
+                         "SCRIPT ARGS | ports --job-id J --port P [--listening NODE=P,P "
+                         "--ephemeral-from N ...] | publish --log-dir DIR --url URL ...\n")
         return 2, b""
     try:
         if argv[0] == "ports":

@@ -28,6 +28,7 @@ from serving import (
     wait_job_gone,
 )
 
+from slurm_sglang.launch_plan import derived_dist_port
 from slurm_sglang.profile import load_profile, merge_profile_data
 from slurm_sglang.render import render_script, write_script
 from slurm_sglang.sandbox.layout import Layout, SandboxInfo
@@ -320,14 +321,21 @@ def test_stale_container_of_same_name_is_replaced_and_dist_port_moves(
     nodes = sandbox.nodes[:2]
     job_id = _sbatch(sandbox, script, ["--model-path", str(model_dir), "--tp", "2"],
                      "-N", "2", "-w", ",".join(nodes), "--hold")
-    image = node_exec(nodes[0], ["podman", "images", "--format", "{{.Repository}}:{{.Tag}}",
-                                 "--filter", "reference=*sglang-standin*"]).stdout.split()[0]
+    # The job loads the image itself; the stale container needs it first (an earlier test
+    # may have left it there, or not).
+    assert sandbox.image_id is not None and sandbox.image_tarball is not None
+    if node_exec(nodes[0], ["podman", "image", "exists", sandbox.image_id], check=False).returncode:
+        node_exec(nodes[0], ["sh", "-c", 'gzip -dc "$1" | podman load -q', "load",
+                             str(sandbox.image_tarball)])
+    image = sandbox.image_id
     stale = f"slurm-sglang-{job_id}-r0"
     stale_id = node_exec(nodes[0], ["podman", "create", "--name", stale, "--label",
                                     "slurm-sglang.test=stale", image, "true"]).stdout.strip()
-    derived_dist_port = 20000 + (int(job_id) % 2000) * 16
+    ephemeral_from = int(node_exec(nodes[0], ["cat", "/proc/sys/net/ipv4/ip_local_port_range"])
+                         .stdout.split()[0])
+    dist_port = derived_dist_port(int(job_id), ephemeral_from)
     try:
-        with listener(nodes[0], derived_dist_port):
+        with listener(nodes[0], dist_port):
             subprocess.run(["scontrol", "release", job_id], check=True)
             url = _wait_ready(sandbox, job_id)
             running = node_exec(nodes[0], ["podman", "ps", "-a", "--format", "{{.ID}} {{.Names}}",
@@ -338,7 +346,7 @@ def test_stale_container_of_same_name_is_replaced_and_dist_port_moves(
         assert node_exec(nodes[0], ["podman", "ps", "-a", "-q", "--filter",
                                     "label=slurm-sglang.test=stale"]).stdout.strip() == ""
         chosen = int(re.search(r" ports http=\d+ dist=(\d+)", dist).group(1))  # type: ignore[union-attr]
-        assert not derived_dist_port <= chosen < derived_dist_port + 14
+        assert not dist_port <= chosen < dist_port + 14
     finally:
         subprocess.run(["scancel", job_id], check=False)
         node_exec(nodes[0], ["podman", "rm", "-f", "-t", "0", stale], check=False)

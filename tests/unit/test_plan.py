@@ -15,6 +15,7 @@ from slurm_sglang.launch_plan import (
     Plan,
     PlanError,
     choose_ports,
+    derived_dist_port,
     launch,
     plan,
     plan_assignments,
@@ -191,6 +192,23 @@ def test_ports_in_use_move_or_are_named() -> None:
     assert not choose_ports(listening, 7, 30000, True, 20112, 0, False, check=False).problems
     # Another job on these nodes: an unasked-for port starts from the job id.
     assert choose_ports({}, 7, 30000, False, 0, 0, True).port == 30008
+
+
+@pytest.mark.parametrize("job_id", [0, 797, 798, 1999, 2_000_000_011])
+def test_derived_ports_stay_below_the_ephemeral_range(job_id: int) -> None:
+    # A connection's local port comes from the ephemeral range; the nodes report listeners
+    # only, so a derived port there could be held and still look free (EADDRINUSE in CI).
+    busy = {"n0": (derived_dist_port(job_id),)}
+    for listening in ({}, busy):
+        choice = choose_ports(listening, job_id, 30000, False, 0, 3, False)
+        taken = [*range(choice.dist_port, choice.dist_port + 14), choice.nccl_port]
+        for dist in choice.replica_dist_ports:
+            taken += [dist, dist + 1]
+        assert all(20000 <= p < 32768 for p in taken), (listening, taken)
+    lower = choose_ports({}, job_id, 30000, False, 0, 2, False, ephemeral_from=28000)
+    assert lower.dist_port + 14 <= 28000 and max(lower.replica_dist_ports) + 2 <= 28000
+    # A range with no room below it leaves the old derivation (ports checked as before).
+    assert derived_dist_port(job_id, 1024) == 20000 + job_id % 2000 * 16
 
 
 def test_replica_and_nccl_ports_never_overlap() -> None:
