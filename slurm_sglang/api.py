@@ -196,8 +196,8 @@ def submit(
     stage_model is the script's --stage-model: a node-local directory, or "none"; transport,
     with ssh, is an open one to that host (tests pass a fake scheduler's)."""
     from slurm_sglang.jobs import save_record
-    from slurm_sglang.launch_plan import IMAGE_FILE_SUFFIXES, parse_script_argv, script_argv
-    from slurm_sglang.render import flag_defaults, render_script
+    from slurm_sglang.launch_plan import IMAGE_FILE_SUFFIXES, parse_script_argv
+    from slurm_sglang.render import flag_defaults, render_script, script_argv
     from slurm_sglang.submit import SubmitRequest, submit_local, submit_remote, time_minutes
 
     if time:

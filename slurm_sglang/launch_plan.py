@@ -85,11 +85,6 @@ class FlagSpec(NamedTuple):
     value_type: Optional[str] = None
     deprecated: Optional[Mapping[str, str]] = None
 
-    @property
-    def display(self) -> str:
-        """Name the option as argparse does in its errors: every spelling, slash-separated."""
-        return "/".join(self.option_strings)
-
 
 class KnownFlags(NamedTuple):
     """The known-flags table of one sglang version."""
@@ -647,17 +642,6 @@ class Plan(NamedTuple):
         lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
                  for row in rows]
         return "\n".join(lines + ["- " + reason for reason in self.reasons])
-
-    def to_dict(self) -> Dict[str, object]:
-        """A JSON-friendly form for `check --json` and `--dry-run --json`."""
-        return {
-            "router": self.router,
-            "router_port": self.router_port if self.router else None,
-            "router_metrics_port": self.router_metrics_port if self.router else None,
-            "replicas": [{"replica": r.number, "nodes": list(r.nodes), "gpus": list(r.gpus),
-                          "port": r.port} for r in self.replicas],
-            "reasons": list(self.reasons),
-        }
 
 
 def uses_replicas(par: Parallelism, nodes: int) -> bool:
@@ -1365,19 +1349,6 @@ def api_key(path: str, environ: Mapping[str, str]) -> str:
     if re.search(r"\s", key):
         raise FlagError("the API key holds white space; use one word (e.g. openssl rand -hex 24)")
     return key
-
-
-def script_argv(values: Mapping[str, str]) -> List[str]:
-    """The script's flags for these values (by variable; '' leaves a flag out, a switch is
-    given by 1) as --flag=value, which never takes the next word (bare --profile does)."""
-    argv = []
-    for flag in SCRIPT_FLAGS:
-        value = values.get(flag.var, "") if flag.var else ""
-        if flag.metavar and value:
-            argv.append("{}={}".format(flag.names[-1], value))
-        elif not flag.metavar and value == "1":
-            argv.append(flag.names[-1])
-    return argv
 
 
 def script_usage(environ: Mapping[str, str]) -> str:

@@ -23,7 +23,7 @@ import jinja2
 
 from slurm_sglang import __version__
 from slurm_sglang.errors import UserInputError
-from slurm_sglang.launch_plan import LATEST_KNOWN
+from slurm_sglang.launch_plan import LATEST_KNOWN, SCRIPT_FLAGS
 from slurm_sglang.profile import (
     ClusterProfile,
     ContainerSettings,
@@ -135,6 +135,19 @@ def flag_defaults(profile: ClusterProfile) -> dict[str, str]:
         "PROFILE_ROUTER_POLICY": profile.router.policy,
         "DEFAULT_STAGE_MODEL": profile.paths.local_model_dir,
     }
+
+
+def script_argv(values: Mapping[str, str]) -> list[str]:
+    """The script's flags for these values (by variable; '' leaves a flag out, a switch is
+    given by 1) as --flag=value, which never takes the next word (bare --profile does)."""
+    argv = []
+    for flag in SCRIPT_FLAGS:
+        value = values.get(flag.var, "") if flag.var else ""
+        if flag.metavar and value:
+            argv.append(f"{flag.names[-1]}={value}")
+        elif not flag.metavar and value == "1":
+            argv.append(flag.names[-1])
+    return argv
 
 
 def build_context(profile: ClusterProfile, nodes: int | None = None) -> RenderContext:

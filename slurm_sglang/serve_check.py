@@ -51,7 +51,7 @@ class CheckReport:
             "notes": self.notes,
             "warnings": self.warnings,
             "sglang_parser": self.parser_verdicts,
-            "plan": self.plan.to_dict() if self.plan else None,
+            "plan": plan_dict(self.plan) if self.plan else None,
         }
 
     def text(self) -> str:
@@ -69,6 +69,18 @@ class CheckReport:
             *([self.plan.table()] if self.plan else []),
             "ok" if self.ok else "not ok",
         ])
+
+
+def plan_dict(placed: Plan) -> dict[str, object]:
+    """The plan as `check --json` prints it."""
+    return {
+        "router": placed.router,
+        "router_port": placed.router_port if placed.router else None,
+        "router_metrics_port": placed.router_metrics_port if placed.router else None,
+        "replicas": [{"replica": r.number, "nodes": list(r.nodes), "gpus": list(r.gpus),
+                      "port": r.port} for r in placed.replicas],
+        "reasons": list(placed.reasons),
+    }
 
 
 def rank_argv(argv: Sequence[str], nnodes: int, node_rank: int, head_ip: str, dist_port: int,

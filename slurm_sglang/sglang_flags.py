@@ -210,7 +210,7 @@ def _value_problems(option: ParsedOption, spec: FlagSpec, argv: Sequence[str]
     elif len(values) < value_count(spec)[0]:
         wanted = "one argument" if spec.nargs is None else f"{spec.nargs!r} arguments"
         problems.append(FlagProblem("missing-value", spelling,
-                                    f"argument {spec.display}: expected {wanted}",
+                                    f"argument {'/'.join(spec.option_strings)}: expected {wanted}",
                                     position=index))
     for value in values:
         problem = _check_value(spec, spelling, value, index)

@@ -12,11 +12,10 @@ from serving import (
     job_processes,
     salloc_serve,
     sbatch_serve,
-    serve_env,
     tiny_model,
 )
 
-from slurm_sglang.profile import load_profile
+from slurm_sglang.profile import ClusterProfile, load_profile, merge_profile_data
 from slurm_sglang.render import render_script, write_script
 from slurm_sglang.sandbox.layout import SandboxInfo
 
@@ -122,8 +121,11 @@ def test_image_broadcast_loads_within_the_jobs_one_step(sandbox: SandboxInfo,
     """With broadcast on, nodes without the image get it by sbcast and load it in a phase of
     the job's one step: one srun for preparation, the load and the ranks."""
     args = ["--force", "--quiet", "--model-path", str(model_dir), "--tp", "2"]
-    env = serve_env(SLURM_SGLANG_IMAGE_BROADCAST="1")
-    with salloc_serve(sandbox, sandbox_script, 2, args, tmp_path, env=env) as run:
+    data = merge_profile_data(load_profile(str(sandbox.profile_path)).model_dump(),
+                              {"container": {"broadcast": "sbcast"}})
+    script = sandbox.shared_dir / "scripts" / "broadcast.sbatch"
+    write_script(render_script(ClusterProfile.model_validate(data)), script)
+    with salloc_serve(sandbox, script, 2, args, tmp_path) as run:
         events = run.events()
         job_id = run.job_id
         steps = (run.log_dir / "nodes.srun.log").exists(), (run.log_dir / "image.srun.log").exists()

@@ -23,6 +23,7 @@ from slurm_sglang.launch_plan import (
 )
 from slurm_sglang.profile import BUILTIN_PROFILE_PACKAGE, load_profile
 from slurm_sglang.render import render_script, write_script
+from slurm_sglang.serve_check import plan_dict
 from slurm_sglang.sglang_flags import parse_parallelism
 
 
@@ -151,7 +152,7 @@ def test_router_metrics_port_follows_the_replica_block(argv: str, nodes: int) ->
     ports = [r.port for r in placement.replicas]
     assert placement.router_metrics_port == max(ports) + 1
     assert placement.router_metrics_port not in (29000, placement.router_port)
-    assert placement.to_dict()["router_metrics_port"] == placement.router_metrics_port
+    assert plan_dict(placement)["router_metrics_port"] == placement.router_metrics_port
     row = placement.table().splitlines()[len(ports) + 2].split()
     assert row == ["router", "metrics", "0", "-", str(placement.router_metrics_port)]
 
@@ -159,7 +160,7 @@ def test_router_metrics_port_follows_the_replica_block(argv: str, nodes: int) ->
 def test_one_server_has_no_router_metrics_port() -> None:
     placement = _plan("--tp 8 --dp 2 --enable-dp-attention", 2)
     assert placement.router_metrics_port is None
-    assert placement.to_dict()["router_metrics_port"] is None
+    assert plan_dict(placement)["router_metrics_port"] is None
     assert "metrics" not in placement.table()
 
 

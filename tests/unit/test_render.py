@@ -95,6 +95,16 @@ def test_every_runtime_and_fabric_passes_shellcheck(runtime: str, fabric: str, t
     assert findings == "", findings
 
 
+def test_image_broadcast_golden(tmp_path: Path, shellcheck: Callable[[Path], str]) -> None:
+    # No built-in profile broadcasts: the partial's sbcast side is pinned here.
+    profile = ClusterProfile.model_validate({
+        "name": "broadcast", "container": {"broadcast": "sbcast", "broadcast_dir": "/local",
+                                           "broadcast_fanout": 8}})
+    script = render_script(profile)
+    assert shellcheck(_write(script, tmp_path)) == ""
+    _compare_golden("broadcast-sbcast", script)
+
+
 @pytest.mark.parametrize("name", [n for n in builtin_profile_names() if n != "default"])
 def test_builtin_profile_goldens(name: str, tmp_path: Path) -> None:
     script = render_script(load_profile(name))

@@ -22,11 +22,11 @@ from slurm_sglang.launch_plan import (
     SCRIPT_FLAGS,
     FlagError,
     parse_script_argv,
-    script_argv,
     script_flag,
     script_usage,
     shell_assignments,
 )
+from slurm_sglang.render import script_argv
 
 REPO = Path(__file__).resolve().parents[2]
 MODULE = REPO / "slurm_sglang" / "launch_plan.py"

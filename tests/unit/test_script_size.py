@@ -18,15 +18,19 @@ from slurm_sglang.render import render_script, support_files
 # started once (review of 3bb1706); -7: the disk check rendered only where the profile sets one;
 # -18: the replica plan shown by the plan call, as the table `check` prints; -7: --force's stale
 # containers removed once; +4: the nodes report where their ephemeral port range starts (derived
-# dist-init ports stay below it).
-SCRIPT_BUDGET = 2401
+# dist-init ports stay below it); -120: the image broadcast rendered only for profiles that
+# broadcast, enroot's fabric libraries in its own partial, comments that repeated the docs cut to
+# pointers.
+SCRIPT_BUDGET = 2281
 # 1,654 -> 1,520: the entry points and flag checks only the package uses moved to
 # sglang_flags.py; then +106 for `publish`, which writes endpoint.json and the Prometheus target
 # files (126 lines of bash and its own JSON escaping gone from the rendering); +6 for publish's
 # decoding and its errors, +1 for replace_file, which the local transport's write_text uses too;
 # +4 for showing the replica plan (bash's own print of it went); +24: derived dist-init ports
-# below the nodes' ephemeral range (DIST_BASE, dist_slots, derived_dist_port).
-LAUNCH_PLAN_BUDGET = 1661
+# below the nodes' ephemeral range (DIST_BASE, dist_slots, derived_dist_port); -29: Plan.to_dict
+# (serve_check.plan_dict), script_argv (render.py) and FlagSpec.display, which only the package
+# used.
+LAUNCH_PLAN_BUDGET = 1632
 EMBEDDED_PROGRAM_LIMIT = 50
 HEREDOC = re.compile(r"<<-?\s*'?\"?([A-Za-z_]+)'?\"?\s*$")
 
