@@ -319,22 +319,22 @@ def _wait_state_gone_running(job_id: str, timeout: float = 90) -> None:
 def test_stale_container_of_same_name_is_replaced_and_dist_port_moves(
         sandbox: SandboxInfo, script: Path, model_dir: Path) -> None:
     nodes = sandbox.nodes[:2]
-    job_id = _sbatch(sandbox, script, ["--model-path", str(model_dir), "--tp", "2"],
-                     "-N", "2", "-w", ",".join(nodes), "--hold")
     # The job loads the image itself; the stale container needs it first (an earlier test
     # may have left it there, or not).
     assert sandbox.image_id is not None and sandbox.image_tarball is not None
     if node_exec(nodes[0], ["podman", "image", "exists", sandbox.image_id], check=False).returncode:
         node_exec(nodes[0], ["sh", "-c", 'gzip -dc "$1" | podman load -q', "load",
                              str(sandbox.image_tarball)])
-    image = sandbox.image_id
-    stale = f"slurm-sglang-{job_id}-r0"
-    stale_id = node_exec(nodes[0], ["podman", "create", "--name", stale, "--label",
-                                    "slurm-sglang.test=stale", image, "true"]).stdout.strip()
     ephemeral_from = int(node_exec(nodes[0], ["cat", "/proc/sys/net/ipv4/ip_local_port_range"])
                          .stdout.split()[0])
+    job_id = _sbatch(sandbox, script, ["--model-path", str(model_dir), "--tp", "2"],
+                     "-N", "2", "-w", ",".join(nodes), "--hold")
+    stale = f"slurm-sglang-{job_id}-r0"
     dist_port = derived_dist_port(int(job_id), ephemeral_from)
     try:
+        stale_id = node_exec(nodes[0], ["podman", "create", "--name", stale, "--label",
+                                        "slurm-sglang.test=stale", sandbox.image_id,
+                                        "true"]).stdout.strip()
         with listener(nodes[0], dist_port):
             subprocess.run(["scontrol", "release", job_id], check=True)
             url = _wait_ready(sandbox, job_id)
