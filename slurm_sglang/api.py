@@ -217,7 +217,7 @@ def submit(
     parse_script_argv(script_args, {**job_environ, **flag_defaults(profile),
                                     "PWD": str(Path.cwd())}, local=not ssh)
     # The cheap checks first: sglang's own parser (seconds) runs once everything else passed.
-    quick = check(sglang_args, cluster, nodes, port=port, health_timeout=health_timeout,
+    quick = check(sglang_args, profile, nodes, port=port, health_timeout=health_timeout,
                   image=image)
     if quick.problems:
         raise UserInputError("; ".join(quick.problems))

@@ -830,9 +830,9 @@ DIST_BASE = 20000
 
 
 def dist_slots(ephemeral_from: int) -> int:
-    """How many 16-port dist-init slots fit from DIST_BASE below the ephemeral range (2000 as
-    before where the range leaves no room: bind failures are then possible)."""
-    slots = (min(ephemeral_from, 65536) - DIST_BASE) // 16
+    """How many 16-port dist-init slots fit from DIST_BASE below the ephemeral range, and below
+    32768 in any case (2000 as before where the range leaves no room: binds may then fail)."""
+    slots = (min(ephemeral_from, 32768) - DIST_BASE) // 16
     return slots if slots >= 64 else 2000
 
 
@@ -876,9 +876,12 @@ def choose_ports(listening: Mapping[str, Sequence[int]], job_id: int, port: int,
         for _ in range(64):
             if (dist_port + 16 <= port or dist_port > port) and free(dist_port, 14):
                 break
-            # A far hop (1009 is prime to every slot count): the next slots belong to jobs
-            # submitted just before or after this one.
+            # A far hop (1009 is prime, and no slot count is a multiple of it): the next slots
+            # belong to jobs submitted just before or after this one.
             dist_port = DIST_BASE + (dist_port - DIST_BASE + 16 * 1009) % (top - DIST_BASE)
+        else:
+            problems.append(("-", "no free block of 14 dist-init ports found in 64 tries: "
+                                  "name one with --dist-port"))
     planned.update({port}, range(dist_port, dist_port + 14))
     base = port + 1
     dist_ports = []  # type: List[int]
@@ -925,9 +928,9 @@ def _ports_answer(options: List[str]) -> str:
         node, _, ports = _str_option(options, "--listening", "").partition("=")
         listening[node] = [int(p) for p in ports.split(",") if p.isdigit()]
     # The lowest start of the nodes' ephemeral ranges.
-    ephemeral_from = 32768
+    ephemeral_from = 65536
     while "--ephemeral-from" in options:
-        ephemeral_from = min(ephemeral_from, _int_option(options, "--ephemeral-from", 32768))
+        ephemeral_from = min(ephemeral_from, _int_option(options, "--ephemeral-from", 65536))
     choice = choose_ports(
         listening, _int_option(options, "--job-id", 0), _int_option(options, "--port", 30000),
         _str_option(options, "--port-explicit", "0") == "1",

@@ -110,21 +110,20 @@ def _parser_verdicts(argv: Sequence[str], nnodes: int, port: int) -> tuple[list[
 
 def check(
     sglang_args: Sequence[str],
-    cluster: str = "default",
+    cluster: str | ClusterProfile = "default",
     nodes: int | None = None,
     *,
     gpus_per_node: int | None = None,
     sglang_parser: bool = False,
     **settings: object,
 ) -> CheckReport:
-    """Validate a serve request against a profile without touching SLURM.
-
-    With sglang_parser, sglang's own parser also reads every rank's argv where it is installed."""
+    """Validate a serve request against a profile (a name or path, or one loaded already)
+    without touching SLURM; with sglang_parser, sglang's own parser reads every rank's argv."""
     from slurm_sglang.launch_plan import LATEST_KNOWN, LaunchRequest, PlanError, launch, read_argv
     from slurm_sglang.sglang_flags import flag_problems
     from slurm_sglang.spec import build_spec, check_parallelism, nodes_needed
 
-    profile = load_profile(cluster)
+    profile = cluster if isinstance(cluster, ClusterProfile) else load_profile(cluster)
     version = profile.sglang_version or LATEST_KNOWN
     # Read once; the spec, the flag checks and the plan all read this one form.
     read = read_argv(sglang_args, version)

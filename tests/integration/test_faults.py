@@ -325,8 +325,9 @@ def test_stale_container_of_same_name_is_replaced_and_dist_port_moves(
     if node_exec(nodes[0], ["podman", "image", "exists", sandbox.image_id], check=False).returncode:
         node_exec(nodes[0], ["sh", "-c", 'gzip -dc "$1" | podman load -q', "load",
                              str(sandbox.image_tarball)])
-    ephemeral_from = int(node_exec(nodes[0], ["cat", "/proc/sys/net/ipv4/ip_local_port_range"])
-                         .stdout.split()[0])
+    # The lowest start of the job's nodes' ephemeral ranges, as the driver passes it on.
+    ephemeral_from = min(int(node_exec(node, ["cat", "/proc/sys/net/ipv4/ip_local_port_range"])
+                             .stdout.split()[0]) for node in nodes)
     job_id = _sbatch(sandbox, script, ["--model-path", str(model_dir), "--tp", "2"],
                      "-N", "2", "-w", ",".join(nodes), "--hold")
     stale = f"slurm-sglang-{job_id}-r0"

@@ -208,8 +208,17 @@ def test_derived_ports_stay_below_the_ephemeral_range(job_id: int) -> None:
         assert all(20000 <= p < 32768 for p in taken), (listening, taken)
     lower = choose_ports({}, job_id, 30000, False, 0, 2, False, ephemeral_from=28000)
     assert lower.dist_port + 14 <= 28000 and max(lower.replica_dist_ports) + 2 <= 28000
-    # A range with no room below it leaves the old derivation (ports checked as before).
+    # A range with no room below it leaves the old derivation (ports checked as before); one
+    # that starts higher still keeps the derived ports below 32768.
     assert derived_dist_port(job_id, 1024) == 20000 + job_id % 2000 * 16
+    assert derived_dist_port(job_id, 61000) == derived_dist_port(job_id)
+
+
+def test_no_free_dist_init_block_is_a_problem_not_a_busy_port() -> None:
+    crowded = {"n0": tuple(range(20000, 32768))}
+    choice = choose_ports(crowded, 7, 30000, False, 0, 0, False)
+    assert ("-", "no free block of 14 dist-init ports found in 64 tries: name one with "
+                 "--dist-port") in choice.problems
 
 
 def test_replica_and_nccl_ports_never_overlap() -> None:
@@ -238,6 +247,30 @@ printf '%s\n' "${PORT} ${PREFLIGHT_ROWS[*]}"
                             capture_output=True, text=True, timeout=30, check=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == "30000 n1\tports\tport 30000 (--port) is in use"
+
+
+def test_the_nodes_ephemeral_ranges_reach_the_port_choice(script: Path, tmp_path: Path) -> None:
+    # Each node's listening event names where its ephemeral range starts; the lowest bounds
+    # the derived dist-init block (the sandbox's nodes all say 32768, so it is pinned here).
+    program = r"""
+source <(sed '$d' "$1")
+set +e
+other_jobs_here() { return 1; }
+LOG_DIR=$2 EVENT_TAG=@slurm-sglang
+find_support_dir "$1"
+SLURM_JOB_ID=1999 PORT=30000 PORT_EXPLICIT=0 DIST_PORT=0 SKIP_PREFLIGHT=0 REPLICA_MODE=0
+LISTENING=() PREFLIGHT_ROWS=()
+on_event "@slurm-sglang listening node=n1 rank=0 ports=22 ephemeral=30000"
+on_event "@slurm-sglang listening node=n2 rank=1 ports=22 ephemeral=24000"
+choose_ports
+printf '%s\n' "${DIST_PORT}"
+"""
+    result = subprocess.run(["bash", "-c", program, "ports", str(script), str(tmp_path)],
+                            capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 0, result.stderr
+    dist_port = int(result.stdout.splitlines()[-1])
+    assert dist_port == derived_dist_port(1999, 24000) and dist_port + 14 <= 24000
+    assert derived_dist_port(1999, 24000) != derived_dist_port(1999)
 
 
 BASH_ROUTER = r"""
