@@ -866,7 +866,8 @@ def choose_ports(listening: Mapping[str, Sequence[int]], job_id: int, port: int,
                 problems.append((",".join(busy[port]), "port {} (--port) is in use".format(port)))
         else:
             port = next((p for p in range(port + 1, port + 200) if p not in busy), port + 200)
-    if dist_port:
+    explicit_dist = dist_port != 0
+    if explicit_dist:
         if dist_port in busy and check:
             problems.append((",".join(busy[dist_port]),
                              "dist port {} (--dist-port) is in use".format(dist_port)))
@@ -902,8 +903,8 @@ def choose_ports(listening: Mapping[str, Sequence[int]], job_id: int, port: int,
             planned.update((candidate, candidate + 1))
             dist_ports.append(candidate)
     # The NCCL check's rendezvous: apart from the dist-init range, so sglang never meets its
-    # TIME_WAIT.
-    first = dist_port + 14 if dist_port + 214 <= top else DIST_BASE
+    # TIME_WAIT; after an explicit one (docs/preflight.md), else below the ephemeral range.
+    first = dist_port + 14 if dist_port + 214 <= (65535 if explicit_dist else top) else DIST_BASE
     nccl_port = next((p for p in range(first, first + 200) if free(p, 1)), 0)
     return PortChoice(port, dist_port, base, tuple(dist_ports),
                       router_metrics_port(base - 1, replicas) if replicas else 0, nccl_port,

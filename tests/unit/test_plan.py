@@ -214,6 +214,12 @@ def test_derived_ports_stay_below_the_ephemeral_range(job_id: int) -> None:
     assert derived_dist_port(job_id, 61000) == derived_dist_port(job_id)
 
 
+def test_the_nccl_check_port_follows_an_explicit_dist_port() -> None:
+    # docs/preflight.md: the first free port from the dist-init port + 14, wherever that is.
+    assert choose_ports({}, 7, 30000, True, 42000, 0, False).nccl_port == 42014
+    assert choose_ports({"n1": (42014,)}, 7, 30000, True, 42000, 0, False).nccl_port == 42015
+
+
 def test_no_free_dist_init_block_is_a_problem_not_a_busy_port() -> None:
     crowded = {"n0": tuple(range(20000, 32768))}
     choice = choose_ports(crowded, 7, 30000, False, 0, 0, False)
