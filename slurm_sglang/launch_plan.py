@@ -1505,6 +1505,23 @@ def _print_and_exit(text: str) -> str:
     return "printf '%s\\n' {}\nexit 0\n".format(shlex.quote(text))
 
 
+_GPU_ID = re.compile(r"^([0-9]+|GPU-[0-9a-fA-F-]+)$")
+
+
+def requested_gpus(value: str) -> str:
+    """The seed's GPUS ('all', a device list, or docker's "device=LIST") as a list, '' for
+    all; else UserInputError saying how to fix it. Each node checks it against its grant."""
+    listed = (value or "all").replace('"', "")
+    listed = listed[len("device="):] if listed.startswith("device=") else listed
+    if listed == "all":
+        return ""
+    items = listed.split(",")
+    if not all(_GPU_ID.match(item) for item in items) or len(set(items)) != len(items):
+        raise UserInputError("GPUS='{}' is neither 'all' nor a list of distinct GPUs: set "
+                             "GPUS=0,1,2,3 (the same GPUs on every node) or unset it".format(value))
+    return listed
+
+
 def script_assignments(options: List[str], argv: Sequence[str],
                        environ: Mapping[str, str]) -> str:
     """The script's one call: its flags read and checked, then the plan on --nodes N
@@ -1516,8 +1533,13 @@ def script_assignments(options: List[str], argv: Sequence[str],
     if args.help:
         return _print_and_exit(script_usage(environ))
     values = args.values
+    gpus = requested_gpus(environ.get("GPUS", ""))
+    if gpus:
+        # GPUS=LIST is what the ranks get on every node: the plan places servers on that many.
+        gpus_per_node = len(gpus.split(","))
     out = shell_assignments(sorted(values.items()) + [("SITE_TARGETS_FILE", site_targets_file(
-        environ.get("PROMETHEUS_TARGETS_DIR", ""), environ.get("SLURM_JOB_ID", "")))])
+        environ.get("PROMETHEUS_TARGETS_DIR", ""), environ.get("SLURM_JOB_ID", ""))),
+        ("REQUESTED_GPUS", gpus)])
     if args.api_key:
         out += "export SLURM_SGLANG_API_KEY={}\n".format(shlex.quote(args.api_key))
     version = environ.get("SGLANG_VERSION") or LATEST_KNOWN

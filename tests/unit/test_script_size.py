@@ -20,8 +20,8 @@ from slurm_sglang.render import render_script, support_files
 # containers removed once; +4: the nodes report where their ephemeral port range starts (derived
 # dist-init ports stay below it); -120: the image broadcast rendered only for profiles that
 # broadcast, enroot's fabric libraries in its own partial, comments that repeated the docs cut to
-# pointers.
-SCRIPT_BUDGET = 2281
+# pointers; -32: GPUS read once, by the plan (launch_plan.requested_gpus).
+SCRIPT_BUDGET = 2249
 # 1,654 -> 1,520: the entry points and flag checks only the package uses moved to
 # sglang_flags.py; then +106 for `publish`, which writes endpoint.json and the Prometheus target
 # files (126 lines of bash and its own JSON escaping gone from the rendering); +6 for publish's
@@ -30,8 +30,9 @@ SCRIPT_BUDGET = 2281
 # below the nodes' ephemeral range (DIST_BASE, dist_slots, derived_dist_port); -29: Plan.to_dict
 # (serve_check.plan_dict), script_argv (render.py) and FlagSpec.display, which only the package
 # used; +3: a dist-init search that finds no free block says so (review of this stop); +1: the
-# NCCL check's port follows an explicit --dist-port above the range, as docs/preflight.md says.
-LAUNCH_PLAN_BUDGET = 1636
+# NCCL check's port follows an explicit --dist-port above the range, as docs/preflight.md says;
+# +22: GPUS read by the plan (requested_gpus), which submit runs on --env too.
+LAUNCH_PLAN_BUDGET = 1658
 EMBEDDED_PROGRAM_LIMIT = 50
 HEREDOC = re.compile(r"<<-?\s*'?\"?([A-Za-z_]+)'?\"?\s*$")
 

@@ -3,7 +3,10 @@ user's socket interfaces; each step's functions run in bash with the rest stubbe
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -11,6 +14,7 @@ import pytest
 
 from slurm_sglang.api import _profile_dir
 from slurm_sglang.cli import build_parser
+from slurm_sglang.launch_plan import UserInputError, requested_gpus
 from slurm_sglang.profile import ClusterProfile, load_profile, merge_profile_data
 from slurm_sglang.render import render_script, write_script
 
@@ -117,11 +121,20 @@ def test_submit_takes_profile_bare_or_with_a_directory(tmp_path: Path) -> None:
 
 
 # ---- GPUS -----------------------------------------------------------------------------------
+# The plan reads GPUS once (launch_plan.requested_gpus, REQUESTED_GPUS); each node checks the
+# list against its grant (choose_node_gpus).
 CHOOSE = """
 hostname() { echo n1; }
 node_identity
 printf 'gpus=%s\\nproblem=%s\\n' "${NODE_GPUS}" "${GPUS_PROBLEM}"
 """
+
+
+def _node_env(gpus: str | None, **grant: str) -> dict[str, str]:
+    env = {"PATH": "/usr/bin:/bin", **grant}
+    if gpus is not None:
+        env.update(GPUS=gpus, REQUESTED_GPUS=requested_gpus(gpus))
+    return env
 
 
 @pytest.mark.parametrize(("gpus", "granted", "chosen"), [
@@ -135,26 +148,36 @@ printf 'gpus=%s\\nproblem=%s\\n' "${NODE_GPUS}" "${GPUS_PROBLEM}"
 ])
 def test_gpus_within_the_grant_are_the_nodes_gpus(script: Path, gpus: str | None, granted: str,
                                                   chosen: str) -> None:
-    env = {"PATH": "/usr/bin:/bin", "SLURM_JOB_GPUS": granted}
-    if gpus is not None:
-        env["GPUS"] = gpus
-    done = _bash(script, CHOOSE, env=env)
+    done = _bash(script, CHOOSE, env=_node_env(gpus, SLURM_JOB_GPUS=granted))
     assert done.stdout.splitlines() == [f"gpus={chosen}", "problem="], done.stderr
 
 
-@pytest.mark.parametrize(("gpus", "granted", "named"), [
-    ("0,9", "0,1,2,3", "GPUS=0,9 names GPU 9, which SLURM did not grant on n1 (granted: 0,1,2,3)"),
-    ("foo", "0,1", "GPUS='foo' is neither 'all' nor a list"),
-    ("0,0", "0,1", "GPUS='0,0' is neither 'all' nor a list"),
-])
-def test_gpus_outside_the_grant_are_refused(script: Path, gpus: str, granted: str,
-                                            named: str) -> None:
-    env = {"PATH": "/usr/bin:/bin", "SLURM_STEP_GPUS": granted, "GPUS": gpus}
-    done = _bash(script, CHOOSE, env=env)
+def test_gpus_outside_the_grant_are_refused(script: Path) -> None:
+    done = _bash(script, CHOOSE, env=_node_env("0,9", SLURM_STEP_GPUS="0,1,2,3"))
     lines = done.stdout.splitlines()
     # The grant stays the node's: nothing of a refused GPUS reaches a rank.
-    assert lines[0] == f"gpus={granted}"
-    assert named in lines[1]
+    assert lines[0] == "gpus=0,1,2,3"
+    assert "GPUS=0,9 names GPU 9, which SLURM did not grant on n1 (granted: 0,1,2,3)" in lines[1]
+
+
+@pytest.mark.parametrize("gpus", ["foo", "0,0", "0,,1", "device="])
+def test_a_gpus_that_is_no_list_is_refused_by_the_plan_and_by_submit(
+        script: Path, tmp_path: Path, gpus: str) -> None:
+    message = f"GPUS='{gpus}' is neither 'all' nor a list of distinct GPUs: set GPUS=0,1,2,3"
+    with pytest.raises(UserInputError, match=re.escape(message)):
+        requested_gpus(gpus)
+    done = _bash(script, PARSE, "--model-path", "m", cwd=tmp_path,
+                 env={"PATH": "/usr/bin:/bin", "GPUS": gpus})
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith(f"slurm-sglang: {message}"), done.stderr
+    refused = subprocess.run(
+        [sys.executable, "-m", "slurm_sglang", "submit", "--no-wait", "--nodes", "1",
+         "--env", f"GPUS={gpus}", "--", "--model-path", "m"],
+        capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path,
+        env={**os.environ, "SLURM_SGLANG_STATE_DIR": str(tmp_path / "state"),
+             "PATH": f"{tmp_path}:{os.environ['PATH']}"})
+    assert refused.returncode == 2 and message in refused.stderr, refused.stderr
+    assert "Traceback" not in refused.stderr
 
 
 def test_a_refused_gpus_is_one_line_and_exit_2(script: Path, tmp_path: Path) -> None:
@@ -175,23 +198,27 @@ echo not-reached
     assert (tmp_path / "state").read_text() == "failed\n"
 
 
-def test_the_plan_and_the_runtime_see_only_the_gpus_named(docker_script: Path) -> None:
-    # The plan's indices select from the node's list, which GPUS narrowed.
+def test_the_plan_and_the_runtime_see_only_the_gpus_named(docker_script: Path,
+                                                          tmp_path: Path) -> None:
+    # The plan places servers on as many GPUs as GPUS names; its indices select from the
+    # node's list, which GPUS narrowed.
     body = """
 hostname() { echo n1; }
+find_support_dir "${SCRIPT}"
+NNODES=2 GPUS_PER_NODE=8
+plan_launch --model-path m --tp 2 --dp 4
+export REQUESTED_GPUS
 node_identity
-scontrol() { echo n1; }
-discover_topology
-REPLICA_GPU_INDEXES="0,1;2,3"
-printf '%s\\n' "${GPUS_PER_NODE}" "$(replica_gpu_list 1 "${NODE_GPUS}")"
+printf '%s\\n' "${REPLICA_GPU_INDEXES}" "$(replica_gpu_list 1 "${NODE_GPUS}")"
 GPUS_MODE=docker RUN_ARGS=()
 gpu_options "${NODE_GPUS}"
 printf '%s\\n' "${RUN_ARGS[*]}"
 """
-    env = {"PATH": "/usr/bin:/bin", "SLURM_JOB_GPUS": "0,1,2,3,4,5,6,7", "GPUS": "4,5,6,7",
-           "SLURM_JOB_NODELIST": "n1", "SLURM_GPUS_PER_NODE": "8"}
-    done = _bash(docker_script, body, env=env)
-    assert done.stdout.splitlines() == ["4", "6,7", '--gpus "device=4,5,6,7"'], done.stderr
+    env = {"PATH": "/usr/bin:/bin", "SLURM_JOB_GPUS": "0,1,2,3,4,5,6,7", "GPUS": "4,5,6,7"}
+    done = _bash(docker_script, body, cwd=tmp_path, env=env)
+    assert done.stdout.splitlines()[-3:] == ["0,1;2,3;0,1;2,3", "6,7",
+                                             '--gpus "device=4,5,6,7"'], (
+        done.stdout + done.stderr)
 
 
 # ---- the followed head log ------------------------------------------------------------------
