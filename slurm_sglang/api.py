@@ -216,10 +216,11 @@ def submit(
     job_environ = {**({} if ssh else os.environ), **(env or {})}
     parse_script_argv(script_args, {**job_environ, **flag_defaults(profile),
                                     "PWD": str(Path.cwd())}, local=not ssh)
-    requested_gpus(job_environ.get("GPUS", ""))
+    # GPUS=LIST is what the ranks get on every node: the plan places servers on that many.
+    gpus = requested_gpus(job_environ.get("GPUS", ""))
     # The cheap checks first: sglang's own parser (seconds) runs once everything else passed.
     quick = check(sglang_args, profile, nodes, port=port, health_timeout=health_timeout,
-                  image=image)
+                  image=image, gpus_per_node=len(gpus.split(",")) if gpus else None)
     if quick.problems:
         raise UserInputError("; ".join(quick.problems))
     if not ssh:

@@ -521,7 +521,8 @@ PORT_MIN, PORT_MAX = 1024, 65535
 # ASCII digits with no leading zero: Python's int() also takes '08', '1_6', '+8' and fullwidth
 # digits (and sglang's argparse with it), but bash arithmetic reads '08' as octal and the rest
 # not at all.
-_WHOLE = re.compile(r"^[1-9][0-9]{0,5}$")
+# \Z, not $: $ also matches before a final newline ("8\n").
+_WHOLE = re.compile(r"^[1-9][0-9]{0,5}\Z")
 
 
 def bounded_int(field: str, raw: str, low: int, high: int, example: str = "8") -> int:
@@ -1046,7 +1047,7 @@ class FlagError(UserInputError):
 
 
 # Digits only, no leading zero, few enough for bash arithmetic (which reads '08' as octal).
-_COUNT = re.compile(r"^(0|[1-9][0-9]{0,8})$")
+_COUNT = re.compile(r"^(0|[1-9][0-9]{0,8})\Z")
 CONTAINER_CLIS = ("docker", "podman", "enroot", "apptainer", "singularity", "none")
 GPUS_MODES = ("docker", "cdi", "env", "none")
 ROUTER_POLICIES = ("cache_aware", "round_robin", "random", "power_of_two")
@@ -1505,7 +1506,7 @@ def _print_and_exit(text: str) -> str:
     return "printf '%s\\n' {}\nexit 0\n".format(shlex.quote(text))
 
 
-_GPU_ID = re.compile(r"^([0-9]+|GPU-[0-9a-fA-F-]+)$")
+_GPU_ID = re.compile(r"^([0-9]+|GPU-[0-9a-fA-F-]+)\Z")
 
 
 def requested_gpus(value: str) -> str:
@@ -1517,7 +1518,7 @@ def requested_gpus(value: str) -> str:
         return ""
     items = listed.split(",")
     if not all(_GPU_ID.match(item) for item in items) or len(set(items)) != len(items):
-        raise UserInputError("GPUS='{}' is neither 'all' nor a list of distinct GPUs: set "
+        raise UserInputError("GPUS={!r} is neither 'all' nor a list of distinct GPUs: set "
                              "GPUS=0,1,2,3 (the same GPUs on every node) or unset it".format(value))
     return listed
 

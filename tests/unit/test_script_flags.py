@@ -173,6 +173,7 @@ BAD = {
     "port-text": (["--port", "http"], "--port: 'http' is not a whole number"),
     "port-low": (["--port=80"], "--port: 80 is not a TCP port (1024-65535)"),
     "port-octal": (["--port", "08080"], "--port: '08080' is not a whole number"),
+    "port-newline": (["--port", "30000\n"], "--port: '30000\\n' is not a whole number"),
     "dist-port-low": (["--dist-port=1023"], "--dist-port: 1023 is not a TCP port (1024-65535)"),
     "dist-port-shell": (["--dist-port", "1; touch x"], "--dist-port: '1; touch x'"),
     "health-timeout-zero": (["--health-timeout", "0"], "--health-timeout: must be at least 1"),

@@ -31,8 +31,9 @@ SCRIPT_BUDGET = 2249
 # (serve_check.plan_dict), script_argv (render.py) and FlagSpec.display, which only the package
 # used; +3: a dist-init search that finds no free block says so (review of this stop); +1: the
 # NCCL check's port follows an explicit --dist-port above the range, as docs/preflight.md says;
-# +22: GPUS read by the plan (requested_gpus), which submit runs on --env too.
-LAUNCH_PLAN_BUDGET = 1658
+# +22: GPUS read by the plan (requested_gpus), which submit runs on --env too; +1: why the
+# whole-number patterns end in \Z (a value ending in a newline passed them).
+LAUNCH_PLAN_BUDGET = 1659
 EMBEDDED_PROGRAM_LIMIT = 50
 HEREDOC = re.compile(r"<<-?\s*'?\"?([A-Za-z_]+)'?\"?\s*$")
 
