@@ -21,7 +21,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from serving import salloc_serve, serve_env, shared_workspace, standin_venv_at, tiny_model
+from serving import (
+    salloc_serve,
+    serve_env,
+    shared_workspace,
+    standin_venv_at,
+    tiny_model,
+    wait_job_gone,
+)
 from test_runtime_none import none_profile
 
 from slurm_sglang.profile import load_profile
@@ -96,9 +103,9 @@ def held(sandbox: SandboxInfo, workspace: Path) -> Iterator[tuple[str, list[str]
         ["salloc", "-N", "1", "-p", "sandbox", "--gpus-per-node=2",
          "--job-name", name, "sleep", str(HOLD_SECONDS)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    job_id = ""
     try:
         deadline = time.monotonic() + GRANT_WAIT_SECONDS
-        job_id = ""
         while not job_id and time.monotonic() < deadline:
             listed = subprocess.run(["squeue", "-h", "-n", name, "-t", "R", "-o", "%i"],
                                     capture_output=True, text=True, check=False).stdout.split()
@@ -110,10 +117,13 @@ def held(sandbox: SandboxInfo, workspace: Path) -> Iterator[tuple[str, list[str]
         yield node, granted_gpus(job_id)
     finally:
         subprocess.run(["scancel", "--name", name], check=False)
+        # salloc outlives its revoked allocation (it waited 20 s here every time): once SLURM
+        # has let the job go, its session, this fixture's own, goes too.
+        if job_id:
+            wait_job_gone(job_id)
         try:
-            process.wait(timeout=20)
+            process.wait(timeout=1)
         except subprocess.TimeoutExpired:
-            # salloc can outlive its revoked allocation; its session is this fixture's own.
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=10)
 
