@@ -12,9 +12,7 @@ test_runtimes_fabrics's.
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -118,14 +116,12 @@ def held(sandbox: SandboxInfo, workspace: Path) -> Iterator[tuple[str, list[str]
     finally:
         subprocess.run(["scancel", "--name", name], check=False)
         # salloc outlives its revoked allocation (it waited 20 s here every time): once SLURM
-        # has let the job go, its session, this fixture's own, goes too.
+        # has let the job go, its session, this fixture's own, goes too, with the sleep salloc
+        # ran in a process group of its own.
         if job_id:
             wait_job_gone(job_id)
-        try:
-            process.wait(timeout=1)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
+        subprocess.run(["pkill", "-KILL", "-s", str(process.pid)], check=False)
+        process.wait(timeout=10)
 
 
 def serve_on_shared_node(sandbox: SandboxInfo, workspace: Path, node: str, script: Path,
