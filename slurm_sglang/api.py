@@ -196,7 +196,12 @@ def submit(
     stage_model is the script's --stage-model: a node-local directory, or "none"; transport,
     with ssh, is an open one to that host (tests pass a fake scheduler's)."""
     from slurm_sglang.jobs import save_record
-    from slurm_sglang.launch_plan import IMAGE_FILE_SUFFIXES, parse_script_argv, requested_gpus
+    from slurm_sglang.launch_plan import (
+        IMAGE_FILE_SUFFIXES,
+        gpus_per_node_of,
+        parse_script_argv,
+        requested_gpus,
+    )
     from slurm_sglang.render import flag_defaults, render_script, script_argv
     from slurm_sglang.submit import SubmitRequest, submit_local, submit_remote, time_minutes
 
@@ -216,11 +221,11 @@ def submit(
     job_environ = {**({} if ssh else os.environ), **(env or {})}
     parse_script_argv(script_args, {**job_environ, **flag_defaults(profile),
                                     "PWD": str(Path.cwd())}, local=not ssh)
-    # GPUS=LIST is what the ranks get on every node: the plan places servers on that many.
     gpus = requested_gpus(job_environ.get("GPUS", ""))
     # The cheap checks first: sglang's own parser (seconds) runs once everything else passed.
     quick = check(sglang_args, profile, nodes, port=port, health_timeout=health_timeout,
-                  image=image, gpus_per_node=len(gpus.split(",")) if gpus else None)
+                  image=image,
+                  gpus_per_node=gpus_per_node_of(gpus, profile.slurm.gpus_per_node))
     if quick.problems:
         raise UserInputError("; ".join(quick.problems))
     if not ssh:

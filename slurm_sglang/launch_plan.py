@@ -1523,6 +1523,11 @@ def requested_gpus(value: str) -> str:
     return listed
 
 
+def gpus_per_node_of(requested: str, granted: int) -> int:
+    """GPUS=LIST is what the ranks get on every node: the plan places servers on that many."""
+    return len(requested.split(",")) if requested else granted
+
+
 def script_assignments(options: List[str], argv: Sequence[str],
                        environ: Mapping[str, str]) -> str:
     """The script's one call: its flags read and checked, then the plan on --nodes N
@@ -1535,9 +1540,7 @@ def script_assignments(options: List[str], argv: Sequence[str],
         return _print_and_exit(script_usage(environ))
     values = args.values
     gpus = requested_gpus(environ.get("GPUS", ""))
-    if gpus:
-        # GPUS=LIST is what the ranks get on every node: the plan places servers on that many.
-        gpus_per_node = len(gpus.split(","))
+    gpus_per_node = gpus_per_node_of(gpus, gpus_per_node)
     out = shell_assignments(sorted(values.items()) + [("SITE_TARGETS_FILE", site_targets_file(
         environ.get("PROMETHEUS_TARGETS_DIR", ""), environ.get("SLURM_JOB_ID", ""))),
         ("REQUESTED_GPUS", gpus)])

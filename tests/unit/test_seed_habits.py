@@ -160,6 +160,20 @@ def test_gpus_outside_the_grant_are_refused(script: Path) -> None:
     assert "GPUS=0,9 names GPU 9, which SLURM did not grant on n1 (granted: 0,1,2,3)" in lines[1]
 
 
+def _submit(tmp_path: Path, env: str, *sglang: str) -> subprocess.CompletedProcess[str]:
+    """`submit --no-wait` on one node with --env ENV; a submit that got through would reach
+    a fake sbatch (and ssh) that says tool-called, never the sandbox's."""
+    for tool in ("sbatch", "ssh"):
+        (tmp_path / tool).write_text("#!/bin/sh\necho tool-called >&2\nexit 1\n")
+        (tmp_path / tool).chmod(0o755)
+    return subprocess.run(
+        [sys.executable, "-m", "slurm_sglang", "submit", "--no-wait", "--nodes", "1",
+         "--env", env, "--", *sglang],
+        capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path,
+        env={**os.environ, "SLURM_SGLANG_STATE_DIR": str(tmp_path / "state"),
+             "PATH": f"{tmp_path}:{os.environ['PATH']}"})
+
+
 @pytest.mark.parametrize("gpus", ["foo", "0,0", "0,,1", "device=", "0,1\n"])
 def test_a_gpus_that_is_no_list_is_refused_by_the_plan_and_by_submit(
         script: Path, tmp_path: Path, gpus: str) -> None:
@@ -170,31 +184,14 @@ def test_a_gpus_that_is_no_list_is_refused_by_the_plan_and_by_submit(
                  env={"PATH": "/usr/bin:/bin", "GPUS": gpus})
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert done.stderr.startswith(f"slurm-sglang: {message}"), done.stderr
-    # A submit that got through would reach this sbatch, not the sandbox's.
-    for tool in ("sbatch", "ssh"):
-        (tmp_path / tool).write_text("#!/bin/sh\necho tool-called >&2\nexit 1\n")
-        (tmp_path / tool).chmod(0o755)
-    refused = subprocess.run(
-        [sys.executable, "-m", "slurm_sglang", "submit", "--no-wait", "--nodes", "1",
-         "--env", f"GPUS={gpus}", "--", "--model-path", "m"],
-        capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path,
-        env={**os.environ, "SLURM_SGLANG_STATE_DIR": str(tmp_path / "state"),
-             "PATH": f"{tmp_path}:{os.environ['PATH']}"})
+    refused = _submit(tmp_path, f"GPUS={gpus}", "--model-path", "m")
     assert refused.returncode == 2 and message in refused.stderr, refused.stderr
     assert "Traceback" not in refused.stderr and "tool-called" not in refused.stderr
 
 
 def test_submit_places_on_the_gpus_named(tmp_path: Path) -> None:
     # Two GPUs a node cannot hold --tp 4 on one node; the profile's eight could.
-    for tool in ("sbatch", "ssh"):
-        (tmp_path / tool).write_text("#!/bin/sh\necho tool-called >&2\nexit 1\n")
-        (tmp_path / tool).chmod(0o755)
-    refused = subprocess.run(
-        [sys.executable, "-m", "slurm_sglang", "submit", "--no-wait", "--nodes", "1",
-         "--env", "GPUS=0,1", "--", "--model-path", "m", "--tp", "4"],
-        capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path,
-        env={**os.environ, "SLURM_SGLANG_STATE_DIR": str(tmp_path / "state"),
-             "PATH": f"{tmp_path}:{os.environ['PATH']}"})
+    refused = _submit(tmp_path, "GPUS=0,1", "--model-path", "m", "--tp", "4")
     assert refused.returncode == 2, refused.stdout + refused.stderr
     assert "but 1 node(s) x 2 GPUs = 2" in refused.stderr, refused.stderr
     assert "Traceback" not in refused.stderr and refused.stderr.count("\n") == 1
