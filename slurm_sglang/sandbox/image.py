@@ -21,6 +21,8 @@ from slurm_sglang.transport.local import run_local_pipeline
 DEBIAN_SUITE = "bookworm"
 DEBOOTSTRAP_VARIANT = "minbase"
 DEBOOTSTRAP_INCLUDE = ("python3",)
+# The python3 that bookworm ships: what wheels added to the image must be built for.
+IMAGE_PYTHON = "3.11"
 DEBIAN_MIRROR_ENV = "SLURM_SGLANG_DEBIAN_MIRROR"
 DEFAULT_DEBIAN_MIRROR = "http://deb.debian.org/debian"
 # Emptied after debootstrap: nothing in the image reads them, and they are most of its size.
@@ -36,9 +38,12 @@ TRIMMED_DIRS = (
 )
 # Bump when the build steps change in a way the settings above do not show.
 RECIPE_VERSION = 1
-IMAGE_REPOSITORY = "localhost/sglang-standin"
+STANDIN_NAME = "sglang-standin"
+IMAGE_REPOSITORY = f"localhost/{STANDIN_NAME}"
 STANDIN_DIR = Path(__file__).resolve().parent / "standin" / "sglang"
-STANDIN_TARGET = "usr/lib/python3/dist-packages/sglang"
+# Where the image's python3 finds packages (Debian's own dist-packages).
+IMAGE_SITE_PACKAGES = "usr/lib/python3/dist-packages"
+STANDIN_TARGET = f"{IMAGE_SITE_PACKAGES}/sglang"
 SKIPPED_NAMES = ("__pycache__",)
 KEPT_IMAGES = 3
 
@@ -167,19 +172,24 @@ def _empty_dir(path: Path) -> None:
             child.unlink()
 
 
-def _add_standin(rootfs_tar: Path, standin_dir: Path) -> None:
+def _add_tree(rootfs_tar: Path, source: Path, target: str) -> None:
     with tarfile.open(rootfs_tar, "a", format=tarfile.GNU_FORMAT) as archive:
-        for path in standin_files(standin_dir):
-            relative = path.relative_to(standin_dir)
+        # An image layer may not name a path twice: directories already there are not added.
+        present = {name.removeprefix("./").rstrip("/") for name in archive.getnames()}
+        for path in standin_files(source):
+            relative = path.relative_to(source)
             for parent in reversed(relative.parents[:-1]):
-                _add_dir(archive, f"./{STANDIN_TARGET}/{parent.as_posix()}")
-            info = archive.gettarinfo(str(path), f"./{STANDIN_TARGET}/{relative.as_posix()}")
+                if f"{target}/{parent.as_posix()}" not in present:
+                    present.add(f"{target}/{parent.as_posix()}")
+                    _add_dir(archive, f"./{target}/{parent.as_posix()}")
+            info = archive.gettarinfo(str(path), f"./{target}/{relative.as_posix()}")
             info.uid = info.gid = 0
             info.uname = info.gname = "root"
             info.mode = 0o755 if os.access(path, os.X_OK) else 0o644
             with path.open("rb") as handle:
                 archive.addfile(info, handle)
-        _add_dir(archive, f"./{STANDIN_TARGET}")
+        if target not in present:
+            _add_dir(archive, f"./{target}")
 
 
 def _add_dir(archive: tarfile.TarFile, name: str) -> None:
@@ -210,13 +220,13 @@ def _isolated_podman(storage: Path) -> list[str]:
     ]
 
 
-def _record_path(key: str) -> Path:
-    return cache_dir() / f"sglang-standin-{key}.json"
+def _record_path(name: str, key: str) -> Path:
+    return cache_dir() / f"{name}-{key}.json"
 
 
-def _read_record(key: str) -> ImageRecord | None:
+def _read_record(name: str, key: str) -> ImageRecord | None:
     try:
-        data: dict[str, Any] = json.loads(_record_path(key).read_text())
+        data: dict[str, Any] = json.loads(_record_path(name, key).read_text())
     except FileNotFoundError:
         return None
     record = ImageRecord(
@@ -234,19 +244,26 @@ def build_standin_record(standin_dir: Path = STANDIN_DIR) -> ImageRecord:
     """Build (or find in the cache) the stand-in image and return what was built."""
     if not (standin_dir / "launch_server.py").exists():
         raise SandboxError(f"the sglang stand-in is missing: no {standin_dir}/launch_server.py")
-    key = image_key(standin_dir)
-    cached = _read_record(key)
+    return build_image_record(STANDIN_NAME, image_key(standin_dir),
+                              [(standin_dir, STANDIN_TARGET)])
+
+
+def build_image_record(name: str, key: str, trees: list[tuple[Path, str]]) -> ImageRecord:
+    """Build (or find in the cache) the Debian rootfs with each (directory, path in the image)
+    of trees added, saved as a gzip docker-archive tarball named NAME-KEY."""
+    cached = _read_record(name, key)
     if cached is not None:
         return cached
     started = time.monotonic()
     rootfs = build_rootfs_tarball()
     cache = cache_dir()
-    tag = f"{IMAGE_REPOSITORY}:{key}"
+    tag = f"localhost/{name}:{key}"
     with tempfile.TemporaryDirectory(dir=cache, prefix="image-") as work:
         work_dir = Path(work)
-        image_tar = work_dir / "rootfs-with-standin.tar"
+        image_tar = work_dir / "rootfs-with-trees.tar"
         shutil.copyfile(rootfs, image_tar)
-        _add_standin(image_tar, standin_dir)
+        for source, target in trees:
+            _add_tree(image_tar, source, target)
         # podman refuses a runroot path longer than 50 characters: keep the store short-named.
         storage = Path(tempfile.mkdtemp(prefix="sbx-image-"))
         podman = _isolated_podman(storage)
@@ -259,7 +276,7 @@ def build_standin_record(standin_dir: Path = STANDIN_DIR) -> ImageRecord:
         run([*podman, "save", "--format", "docker-archive", "-o", str(saved), tag])
         run([*podman, "rmi", "--force", tag])
         run(["pigz", "--force", str(saved)])
-        tarball = cache / f"sglang-standin-{key}.tar.gz"
+        tarball = cache / f"{name}-{key}.tar.gz"
         Path(f"{saved}.gz").replace(tarball)
         _remove_tree(storage)
     record = ImageRecord(
@@ -271,15 +288,15 @@ def build_standin_record(standin_dir: Path = STANDIN_DIR) -> ImageRecord:
         build_seconds=round(time.monotonic() - started, 2),
     )
     data = {**record.__dict__, "tarball": str(tarball)}
-    _record_path(key).write_text(json.dumps(data, indent=2) + "\n")
-    _prune_old_images(keep=KEPT_IMAGES)
+    _record_path(name, key).write_text(json.dumps(data, indent=2) + "\n")
+    _prune_old_images(name, keep=KEPT_IMAGES)
     return record
 
 
-def _prune_old_images(keep: int) -> None:
+def _prune_old_images(name: str, keep: int) -> None:
     # Each stand-in edit makes a new image; keep only the newest few in the cache.
     tarballs = sorted(
-        cache_dir().glob("sglang-standin-*.tar.gz"),
+        cache_dir().glob(f"{name}-*.tar.gz"),
         key=lambda path: path.stat().st_mtime,
         reverse=True,
     )
@@ -298,13 +315,14 @@ def _remove_tree(path: Path) -> None:
         shutil.rmtree(path, onerror=make_writable)
 
 
-def publish(record: ImageRecord, shared_dir: Path) -> Path:
-    """Hard-link (or copy) the image tarball into the shared dir as the data plane's default."""
+def publish(record: ImageRecord, shared_dir: Path, name: str = IMAGE_NAME_IN_SHARED) -> Path:
+    """Hard-link (or copy) the image tarball into the shared dir as NAME (by default, as the
+    data plane's default image)."""
     shared_dir.mkdir(parents=True, exist_ok=True)
-    target = shared_dir / IMAGE_NAME_IN_SHARED
+    target = shared_dir / name
     if target.exists() and os.path.samefile(target, record.tarball):
         return target
-    partial = shared_dir / f".{IMAGE_NAME_IN_SHARED}.partial"
+    partial = shared_dir / f".{name}.partial"
     partial.unlink(missing_ok=True)
     try:
         os.link(record.tarball, partial)
