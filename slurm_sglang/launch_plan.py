@@ -698,9 +698,17 @@ def plan(par: Parallelism, nodes: int, gpus_per_node: int, port: int = 30000) ->
             raise PlanError(
                 "--dp {} across {} nodes needs the GPUs per node (salloc --gpus-per-node=N, or "
                 "the profile's slurm.gpus_per_node) to place replicas".format(par.dp, nodes))
-        if par.gpus_per_server <= gpus_per_node:
-            return _pack(par, nodes, gpus_per_node, port)
-        return _span(par, nodes, gpus_per_node, port)
+        place = _pack if par.gpus_per_server <= gpus_per_node else _span
+        replicas, how = place(par, nodes, gpus_per_node, port)
+        reasons = ("sglang refuses --dp > 1 with --nnodes > 1: {} servers of dp 1 behind "
+                   "sglang-router on port {}".format(par.dp, port), how)
+        placed = Plan(replicas, True, port, nodes, gpus_per_node, reasons,
+                      router_metrics_port(port, par.dp))
+        idle = ",".join(map(str, placed.idle_nodes))
+        if idle:
+            placed = placed._replace(reasons=reasons + (
+                "node(s) {} of the allocation run no replica".format(idle),))
+        return placed
     return _single(par, nodes, gpus_per_node, port)
 
 
@@ -742,13 +750,10 @@ def router_metrics_port(port: int, replicas: int) -> int:
     return port + 1 + replicas
 
 
-def _replica_reason(par: Parallelism, port: int) -> str:
-    return ("sglang refuses --dp > 1 with --nnodes > 1: {} servers of dp 1 behind sglang-router "
-            "on port {}".format(par.dp, port))
-
-
-def _pack(par: Parallelism, nodes: int, gpus_per_node: int, port: int) -> Plan:
-    """Replicas that fit one node: spread evenly, each on its own GPUs and HTTP port."""
+def _pack(par: Parallelism, nodes: int, gpus_per_node: int, port: int
+          ) -> Tuple[Tuple[Replica, ...], str]:
+    """Replicas that fit one node: spread evenly, each on its own GPUs and HTTP port; the
+    replicas and why they sit so."""
     per_server = par.gpus_per_server
     fit = gpus_per_node // per_server
     per_node = ceil(par.dp / nodes)
@@ -764,17 +769,15 @@ def _pack(par: Parallelism, nodes: int, gpus_per_node: int, port: int) -> Plan:
         first = slot * per_server
         replicas.append(Replica(number, (node,), tuple(range(first, first + per_server)),
                                 port + 1 + number))
-    reasons = (
-        _replica_reason(par, port),
+    return tuple(replicas), (
         "tp*pp = {} GPUs fit one node of {}: up to {} replica(s) a node on disjoint GPUs, HTTP "
-        "ports {}..{}".format(per_server, gpus_per_node, per_node, port + 1, port + par.dp),
-    )
-    return _with_idle_reason(Plan(tuple(replicas), True, port, nodes, gpus_per_node, reasons,
-                                  router_metrics_port(port, par.dp)))
+        "ports {}..{}".format(per_server, gpus_per_node, per_node, port + 1, port + par.dp))
 
 
-def _span(par: Parallelism, nodes: int, gpus_per_node: int, port: int) -> Plan:
-    """Replicas larger than a node: each spans whole nodes with its own head and ports."""
+def _span(par: Parallelism, nodes: int, gpus_per_node: int, port: int
+          ) -> Tuple[Tuple[Replica, ...], str]:
+    """Replicas larger than a node: each spans whole nodes with its own head and ports; the
+    replicas and why they sit so."""
     per_server = par.gpus_per_server
     span = ceil(per_server / gpus_per_node)
     if per_server % span:
@@ -792,22 +795,9 @@ def _span(par: Parallelism, nodes: int, gpus_per_node: int, port: int) -> Plan:
         Replica(number, tuple(range(number * span, (number + 1) * span)),
                 tuple(range(per_rank)), port + 1 + number)
         for number in range(par.dp))
-    reasons = (
-        _replica_reason(par, port),
+    return replicas, (
         "tp*pp = {} GPUs exceed a node of {}: each replica spans {} nodes ({} GPUs on each) "
-        "with its own head and dist-init port".format(per_server, gpus_per_node, span,
-                                                      per_rank),
-    )
-    return _with_idle_reason(Plan(replicas, True, port, nodes, gpus_per_node, reasons,
-                                  router_metrics_port(port, par.dp)))
-
-
-def _with_idle_reason(placed: Plan) -> Plan:
-    idle = placed.idle_nodes
-    if not idle:
-        return placed
-    note = "node(s) {} of the allocation run no replica".format(",".join(map(str, idle)))
-    return placed._replace(reasons=placed.reasons + (note,))
+        "with its own head and dist-init port".format(per_server, gpus_per_node, span, per_rank))
 
 
 # ---- ports: where the plan's ports land, given what already listens on the nodes ------------

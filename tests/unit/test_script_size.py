@@ -33,8 +33,9 @@ SCRIPT_BUDGET = 2249
 # NCCL check's port follows an explicit --dist-port above the range, as docs/preflight.md says;
 # +22: GPUS read by the plan (requested_gpus), which submit runs on --env too; +1: why the
 # whole-number patterns end in \Z (a value ending in a newline passed them); +3: the GPUS
-# count's rule in one function (gpus_per_node_of), which submit calls instead of its own copy.
-LAUNCH_PLAN_BUDGET = 1662
+# count's rule in one function (gpus_per_node_of), which submit calls instead of its own copy;
+# -10: the replicas' plan (its first reason, idle nodes) built once, not in _pack and _span each.
+LAUNCH_PLAN_BUDGET = 1652
 EMBEDDED_PROGRAM_LIMIT = 50
 HEREDOC = re.compile(r"<<-?\s*'?\"?([A-Za-z_]+)'?\"?\s*$")
 
