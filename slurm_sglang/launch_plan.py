@@ -497,21 +497,6 @@ def staged_path(stage_root: str, model: str) -> str:
     return "{}/{}-{}".format(stage_root.rstrip("/"), name, digest)
 
 
-def with_model_path(argv: Sequence[str], path: str, version: str = LATEST_KNOWN
-                    ) -> Tuple[str, ...]:
-    """argv with every --model-path value (any spelling, `=` or not) replaced by path."""
-    out = list(argv)
-    for option in parse_options(argv, version):
-        if option.spec is None or option.spec.dest != MODEL_DEST:
-            continue
-        if option.explicit_value is not None:
-            out[option.position] = option.token[:len(option.token) - len(option.explicit_value)
-                                                 ] + path
-        for index in option.value_indexes:
-            out[index] = path
-    return tuple(out)
-
-
 # Bounds on what a request may ask for (issue 23, item 7): far above any real cluster, low enough
 # that the placement's loops and arithmetic stay instant and exact.
 SIZE_MAX = 65536
@@ -560,10 +545,11 @@ def parallelism_of(read: SglangArgv) -> Parallelism:
 METRICS_DEST = "enable_metrics"
 
 
-def server_argv_of(read: SglangArgv, replicas: bool) -> Tuple[str, ...]:
+def server_argv_of(read: SglangArgv, replicas: bool, model_path: str = "") -> Tuple[str, ...]:
     """A server's sglang arguments: with replicas each is a server of dp 1, so --dp goes;
-    every server gets --enable-metrics unless the user gave it (in any spelling)."""
-    argv, version = read.argv, read.version
+    every server gets --enable-metrics unless the user gave it (in any spelling); given a
+    model_path, every --model-path value (any spelling, `=` or not) becomes it."""
+    argv, version = list(read.argv), read.version
     dropped: Set[int] = set()
     metrics = False
     for option in read.options:
@@ -573,6 +559,11 @@ def server_argv_of(read: SglangArgv, replicas: bool) -> Tuple[str, ...]:
         if replicas and option.spec.dest == "dp_size":
             dropped.add(option.position)
             dropped.update(option.value_indexes)
+        if model_path and option.spec.dest == MODEL_DEST:
+            if option.explicit_value is not None:
+                argv[option.position] = option.token.partition("=")[0] + "=" + model_path
+            for index in option.value_indexes:
+                argv[index] = model_path
     kept = tuple(token for index, token in enumerate(argv) if index not in dropped)
     # /metrics is what `slurm-sglang metrics`, the target file and a site's Prometheus read;
     # sglang serves it only when asked. Flags this version does not know are left alone.
@@ -902,19 +893,9 @@ def choose_ports(listening: Mapping[str, Sequence[int]], job_id: int, port: int,
                       tuple(problems))
 
 
-def port_assignments(choice: PortChoice) -> str:
-    """The port choice as bash assignments; problems as PORT_PROBLEMS (NODES<TAB>message)."""
-    return shell_assignments([
-        ("PORT", str(choice.port)), ("DIST_PORT", str(choice.dist_port)),
-        ("REPLICA_BASE_PORT", str(choice.replica_base_port)),
-        ("REPLICA_DIST_PORTS", ",".join(str(p) for p in choice.replica_dist_ports)),
-        ("ROUTER_METRICS_PORT", str(choice.router_metrics_port or "")),
-        ("PREFLIGHT_NCCL_PORT", str(choice.nccl_port or "")),
-    ], [("PORT_PROBLEMS", ["{}\tports\t{}".format(nodes, message)
-                           for nodes, message in choice.problems])])
-
-
 def _ports_answer(options: List[str]) -> str:
+    """The ports call: the choice as bash assignments, problems as PORT_PROBLEMS
+    (NODES<TAB>ports<TAB>message)."""
     listening = {}  # type: Dict[str, List[int]]
     while "--listening" in options:
         node, _, ports = _str_option(options, "--listening", "").partition("=")
@@ -929,7 +910,14 @@ def _ports_answer(options: List[str]) -> str:
         _int_option(options, "--dist-port", 0), _int_option(options, "--replicas", 0),
         _str_option(options, "--others-here", "0") == "1",
         _str_option(options, "--check", "1") == "1", ephemeral_from)
-    return port_assignments(choice)
+    return shell_assignments([
+        ("PORT", str(choice.port)), ("DIST_PORT", str(choice.dist_port)),
+        ("REPLICA_BASE_PORT", str(choice.replica_base_port)),
+        ("REPLICA_DIST_PORTS", ",".join(str(p) for p in choice.replica_dist_ports)),
+        ("ROUTER_METRICS_PORT", str(choice.router_metrics_port or "")),
+        ("PREFLIGHT_NCCL_PORT", str(choice.nccl_port or "")),
+    ], [("PORT_PROBLEMS", ["{}\tports\t{}".format(nodes, message)
+                           for nodes, message in choice.problems])])
 
 
 # ---- what a ready job publishes: endpoint.json and its Prometheus targets -------------------
@@ -1414,11 +1402,9 @@ def launch(request: LaunchRequest, read: Optional[SglangArgv] = None) -> Launch:
                 min_replicas, par.dp, par.dp))
         _check_router_source(request, par)
     model = read.model_path
-    served = server_argv_of(read, placed.router)
     staged = staged_path(request.stage_root, model) if request.stage_root else ""
-    if staged:
-        # The ranks read the node's copy; MODEL_PATH stays the source the script stages from.
-        served = with_model_path(served, staged, request.version)
+    # Staged, the ranks read the node's copy; MODEL_PATH stays the source the script stages from.
+    served = server_argv_of(read, placed.router, staged)
     return Launch(read.argv, served, model, par, placed, min_replicas or len(placed.replicas),
                   read.notes, staged)
 

@@ -37,8 +37,10 @@ SCRIPT_BUDGET = 2199
 # +22: GPUS read by the plan (requested_gpus), which submit runs on --env too; +1: why the
 # whole-number patterns end in \Z (a value ending in a newline passed them); +3: the GPUS
 # count's rule in one function (gpus_per_node_of), which submit calls instead of its own copy;
-# -10: the replicas' plan (its first reason, idle nodes) built once, not in _pack and _span each.
-LAUNCH_PLAN_BUDGET = 1652
+# -10: the replicas' plan (its first reason, idle nodes) built once, not in _pack and _span each;
+# -14: the staged model path set in server_argv_of's one pass over the argv read once
+# (with_model_path parsed it again), port_assignments inlined into its one caller.
+LAUNCH_PLAN_BUDGET = 1638
 EMBEDDED_PROGRAM_LIMIT = 50
 HEREDOC = re.compile(r"<<-?\s*'?\"?([A-Za-z_]+)'?\"?\s*$")
 
