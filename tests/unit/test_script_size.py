@@ -23,8 +23,10 @@ from slurm_sglang.render import render_script, support_files
 # pointers; -32: GPUS read once, by the plan (launch_plan.requested_gpus); -50: code written
 # twice written once (one UUID lookup, one container removal by job, one replica count, one
 # events.log writer, one table print with its header, errexit and identity once per phase),
-# one-caller indirections inlined, and blank lines the templates left.
-SCRIPT_BUDGET = 2199
+# one-caller indirections inlined, and blank lines the templates left; -7: publish_endpoint
+# writes the state ready its every caller wrote after it (replicas_publish gone), and the user's
+# socket interfaces are not added to CONTAINER_ENV twice.
+SCRIPT_BUDGET = 2192
 # 1,654 -> 1,520: the entry points and flag checks only the package uses moved to
 # sglang_flags.py; then +106 for `publish`, which writes endpoint.json and the Prometheus target
 # files (126 lines of bash and its own JSON escaping gone from the rendering); +6 for publish's
