@@ -567,13 +567,10 @@ def server_argv_of(read: SglangArgv, replicas: bool, model_path: str = "") -> Tu
     kept = tuple(token for index, token in enumerate(argv) if index not in dropped)
     # /metrics is what `slurm-sglang metrics`, the target file and a site's Prometheus read;
     # sglang serves it only when asked. Flags this version does not know are left alone.
-    if not metrics and _knows_dest(METRICS_DEST, version):
+    specs = table_for(version).by_option_string.values()
+    if not metrics and any(spec.dest == METRICS_DEST for spec in specs):
         kept += (_dest_flag(METRICS_DEST, version),)
     return kept
-
-
-def _knows_dest(dest: str, version: str) -> bool:
-    return any(spec.dest == dest for spec in table_for(version).by_option_string.values())
 
 
 # ---- placement: which servers run where, on which GPUs and ports, and why ---------------------

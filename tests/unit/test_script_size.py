@@ -41,8 +41,9 @@ SCRIPT_BUDGET = 2192
 # count's rule in one function (gpus_per_node_of), which submit calls instead of its own copy;
 # -10: the replicas' plan (its first reason, idle nodes) built once, not in _pack and _span each;
 # -14: the staged model path set in server_argv_of's one pass over the argv read once
-# (with_model_path parsed it again), port_assignments inlined into its one caller.
-LAUNCH_PLAN_BUDGET = 1638
+# (with_model_path parsed it again), port_assignments inlined into its one caller; -3:
+# _knows_dest inlined into its one caller.
+LAUNCH_PLAN_BUDGET = 1635
 EMBEDDED_PROGRAM_LIMIT = 50
 HEREDOC = re.compile(r"<<-?\s*'?\"?([A-Za-z_]+)'?\"?\s*$")
 
