@@ -25,8 +25,9 @@ from slurm_sglang.render import render_script, support_files
 # events.log writer, one table print with its header, errexit and identity once per phase),
 # one-caller indirections inlined, and blank lines the templates left; -7: publish_endpoint
 # writes the state ready its every caller wrote after it (replicas_publish gone), and the user's
-# socket interfaces are not added to CONTAINER_ENV twice.
-SCRIPT_BUDGET = 2192
+# socket interfaces are not added to CONTAINER_ENV twice; +6: main moved to the top, its own
+# section, the whole job in one screen, with the driver's bookkeeping in driver_state.
+SCRIPT_BUDGET = 2198
 # 1,654 -> 1,520: the entry points and flag checks only the package uses moved to
 # sglang_flags.py; then +106 for `publish`, which writes endpoint.json and the Prometheus target
 # files (126 lines of bash and its own JSON escaping gone from the rendering); +6 for publish's
