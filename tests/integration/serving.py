@@ -21,6 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from slurm_sglang.profile import load_profile
+from slurm_sglang.render import render_script, write_script
 from slurm_sglang.sandbox.layout import SandboxInfo
 from slurm_sglang.sandbox.nodes import containers_on
 
@@ -32,6 +36,21 @@ QUEUED_OR_GRANTED = re.compile(r"(?:Pending|Granted) job allocation (\d+)")
 STANDIN = Path(__file__).resolve().parents[2] / "slurm_sglang" / "sandbox" / "standin" / "sglang"
 # The nodes share this machine's filesystem, so the system's python3 exists on every node.
 HOST_PYTHON = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
+
+
+def profile_script(sandbox: SandboxInfo, name: str, **sections: dict[str, Any]) -> Path:
+    """run.sbatch (scripts/run-NAME.sbatch on the shared dir) for the sandbox's profile with
+    each given section's keys replaced, the profile written beside it."""
+    profile = yaml.safe_load(sandbox.profile_path.read_text())
+    for section, values in sections.items():
+        profile[section] = {**profile.get(section, {}), **values}
+    scripts = sandbox.shared_dir / "scripts"
+    scripts.mkdir(parents=True, exist_ok=True)
+    profile_path = scripts / f"{name}-profile.yaml"
+    profile_path.write_text(yaml.safe_dump(profile))
+    path = scripts / f"run-{name}.sbatch"
+    write_script(render_script(load_profile(str(profile_path))), path)
+    return path
 
 
 @contextmanager

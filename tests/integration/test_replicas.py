@@ -17,12 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from openai import OpenAI
-from serving import Serving, job_containers, salloc_serve, sbatch_serve, serve_env, tiny_model
+from serving import (
+    Serving,
+    job_containers,
+    profile_script,
+    salloc_serve,
+    sbatch_serve,
+    serve_env,
+    tiny_model,
+)
 
-from slurm_sglang.profile import load_profile
-from slurm_sglang.render import render_script, write_script
 from slurm_sglang.sandbox.layout import SandboxInfo
 from slurm_sglang.sandbox.nodes import node_exec
 from slurm_sglang.sandbox.router import ensure_router_venv
@@ -35,15 +40,8 @@ MODEL = "tiny"
 def replicas_script(sandbox: SandboxInfo) -> Path:
     """run.sbatch for the sandbox profile with the router from a venv on the shared dir."""
     venv = ensure_router_venv(sandbox.shared_dir)
-    profile = yaml.safe_load(sandbox.profile_path.read_text())
-    profile["router"] = {"source": "venv", "venv": str(venv), "policy": "round_robin"}
-    scripts = sandbox.shared_dir / "scripts"
-    scripts.mkdir(parents=True, exist_ok=True)
-    profile_path = scripts / "replicas-profile.yaml"
-    profile_path.write_text(yaml.safe_dump(profile))
-    path: Path = scripts / "run-replicas.sbatch"
-    write_script(render_script(load_profile(str(profile_path))), path)
-    return path
+    return profile_script(sandbox, "replicas",
+                          router={"source": "venv", "venv": str(venv), "policy": "round_robin"})
 
 
 @pytest.fixture(scope="module")

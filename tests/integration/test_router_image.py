@@ -12,12 +12,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 from openai import OpenAI
-from serving import job_containers, salloc_serve, tiny_model
+from serving import job_containers, profile_script, salloc_serve, tiny_model
 
-from slurm_sglang.profile import load_profile
-from slurm_sglang.render import render_script, write_script
 from slurm_sglang.sandbox.layout import SandboxInfo
 from slurm_sglang.sandbox.nodes import containers_on
 from slurm_sglang.sandbox.router import ensure_router_image
@@ -30,16 +27,10 @@ MODEL = "tiny"
 def image_router_script(sandbox: SandboxInfo) -> Path:
     """run.sbatch for the sandbox profile as it is (router.source left at image), its image the
     stand-in with sglang-router."""
-    profile = yaml.safe_load(sandbox.profile_path.read_text())
-    assert "router" not in profile, "the sandbox profile should leave router.source at its default"
-    profile["container"]["image"] = str(ensure_router_image(sandbox.shared_dir))
-    scripts = sandbox.shared_dir / "scripts"
-    scripts.mkdir(parents=True, exist_ok=True)
-    profile_path = scripts / "router-image-profile.yaml"
-    profile_path.write_text(yaml.safe_dump(profile))
-    path: Path = scripts / "run-router-image.sbatch"
-    write_script(render_script(load_profile(str(profile_path))), path)
-    return path
+    assert "router" not in sandbox.profile_path.read_text(), (
+        "the sandbox profile should leave router.source at its default")
+    return profile_script(sandbox, "router-image",
+                          container={"image": str(ensure_router_image(sandbox.shared_dir))})
 
 
 def test_router_from_the_image_serves_two_replicas_and_leaves_nothing(

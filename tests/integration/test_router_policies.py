@@ -12,13 +12,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 from openai import OpenAI
-from serving import job_containers, sbatch_serve, tiny_model
+from serving import job_containers, profile_script, sbatch_serve, tiny_model
 
 from slurm_sglang.launch_plan import ROUTER_POLICIES
-from slurm_sglang.profile import load_profile
-from slurm_sglang.render import render_script, write_script
 from slurm_sglang.sandbox.layout import SandboxInfo
 from slurm_sglang.sandbox.router import ensure_router_venv
 
@@ -30,15 +27,7 @@ MODEL = "tiny"
 def policies_script(sandbox: SandboxInfo) -> Path:
     """run.sbatch for the sandbox profile with the router from a venv on the shared dir."""
     venv = ensure_router_venv(sandbox.shared_dir)
-    profile = yaml.safe_load(sandbox.profile_path.read_text())
-    profile["router"] = {"source": "venv", "venv": str(venv)}
-    scripts = sandbox.shared_dir / "scripts"
-    scripts.mkdir(parents=True, exist_ok=True)
-    profile_path = scripts / "policies-profile.yaml"
-    profile_path.write_text(yaml.safe_dump(profile))
-    path: Path = scripts / "run-policies.sbatch"
-    write_script(render_script(load_profile(str(profile_path))), path)
-    return path
+    return profile_script(sandbox, "policies", router={"source": "venv", "venv": str(venv)})
 
 
 @pytest.fixture(scope="module")
