@@ -325,6 +325,19 @@ def test_the_users_socket_interface_wins(script: Path, nccl: str, gloo: str,
     assert done.stdout.splitlines() == expected, done.stderr
 
 
+def test_the_users_interfaces_reach_the_container_whatever_fabric_setup_did(
+        script: Path) -> None:
+    # A site's own fabric_setup (docs/admin-guide.md) need not call fabric_sockets.
+    body = """
+TORCH_PROFILE_DIR="" CONTAINER_ENV=()
+passthrough_env
+printf '%s\\n' "${GLOO_SOCKET_IFNAME}" "${CONTAINER_ENV[*]}"
+"""
+    env = {"PATH": "/usr/bin:/bin", "USER_GLOO_SOCKET_IFNAME": "ib0"}
+    lines = _bash(script, body, env=env).stdout.splitlines()
+    assert lines[0] == "ib0" and "GLOO_SOCKET_IFNAME" in lines[1].split()
+
+
 def test_a_missing_user_interface_names_the_variable(script: Path) -> None:
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "USER_NCCL_SOCKET_IFNAME": "nosuch0",
            "HEAD_NODE": "localhost"}
