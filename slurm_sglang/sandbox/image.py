@@ -46,6 +46,8 @@ IMAGE_SITE_PACKAGES = "usr/lib/python3/dist-packages"
 STANDIN_TARGET = f"{IMAGE_SITE_PACKAGES}/sglang"
 SKIPPED_NAMES = ("__pycache__",)
 KEPT_IMAGES = 3
+# Characters of an image's recipe key, in its tag and file names.
+KEY_LENGTH = 12
 
 
 @dataclass(frozen=True)
@@ -83,11 +85,11 @@ def rootfs_key() -> str:
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def standin_files(standin_dir: Path) -> list[Path]:
-    """The stand-in package's files, sorted, without caches."""
+def tree_files(root: Path) -> list[Path]:
+    """A directory's files (the stand-in package, wheels), sorted, without caches."""
     return sorted(
         path
-        for path in standin_dir.rglob("*")
+        for path in root.rglob("*")
         if path.is_file()
         and not any(part in SKIPPED_NAMES for part in path.parts)
         and path.suffix != ".pyc"
@@ -97,7 +99,7 @@ def standin_files(standin_dir: Path) -> list[Path]:
 def standin_digest(standin_dir: Path) -> str:
     """Hash of the stand-in's relative paths and contents."""
     digest = hashlib.sha256()
-    for path in standin_files(standin_dir):
+    for path in tree_files(standin_dir):
         digest.update(str(path.relative_to(standin_dir)).encode() + b"\0")
         digest.update(hashlib.sha256(path.read_bytes()).digest())
     return digest.hexdigest()
@@ -106,7 +108,7 @@ def standin_digest(standin_dir: Path) -> str:
 def image_key(standin_dir: Path) -> str:
     """The image's recipe key: rootfs settings plus the stand-in's files."""
     combined = f"{rootfs_key()}:{standin_digest(standin_dir)}"
-    return hashlib.sha256(combined.encode()).hexdigest()[:12]
+    return hashlib.sha256(combined.encode()).hexdigest()[:KEY_LENGTH]
 
 
 def build_rootfs_tarball() -> Path:
@@ -176,12 +178,13 @@ def _add_tree(rootfs_tar: Path, source: Path, target: str) -> None:
     with tarfile.open(rootfs_tar, "a", format=tarfile.GNU_FORMAT) as archive:
         # An image layer may not name a path twice: directories already there are not added.
         present = {name.removeprefix("./").rstrip("/") for name in archive.getnames()}
-        for path in standin_files(source):
+        for path in tree_files(source):
             relative = path.relative_to(source)
             for parent in reversed(relative.parents[:-1]):
-                if f"{target}/{parent.as_posix()}" not in present:
-                    present.add(f"{target}/{parent.as_posix()}")
-                    _add_dir(archive, f"./{target}/{parent.as_posix()}")
+                directory = f"{target}/{parent.as_posix()}"
+                if directory not in present:
+                    present.add(directory)
+                    _add_dir(archive, f"./{directory}")
             info = archive.gettarinfo(str(path), f"./{target}/{relative.as_posix()}")
             info.uid = info.gid = 0
             info.uname = info.gname = "root"
@@ -294,9 +297,10 @@ def build_image_record(name: str, key: str, trees: list[tuple[Path, str]]) -> Im
 
 
 def _prune_old_images(name: str, keep: int) -> None:
-    # Each stand-in edit makes a new image; keep only the newest few in the cache.
+    # Each stand-in edit makes a new image; keep only the newest few in the cache. By the key's
+    # length: sglang-standin-KEY must not also match sglang-standin-router-KEY.
     tarballs = sorted(
-        cache_dir().glob(f"{name}-*.tar.gz"),
+        cache_dir().glob(f"{name}-{'?' * KEY_LENGTH}.tar.gz"),
         key=lambda path: path.stat().st_mtime,
         reverse=True,
     )

@@ -21,6 +21,7 @@ from slurm_sglang.sandbox.host import run
 from slurm_sglang.sandbox.image import (
     IMAGE_PYTHON,
     IMAGE_SITE_PACKAGES,
+    KEY_LENGTH,
     STANDIN_DIR,
     STANDIN_TARGET,
     build_image_record,
@@ -92,7 +93,8 @@ def ensure_router_image(shared_dir: Path | None = None) -> Path:
     """The stand-in image with sglang-router added (router.source: image), published on the
     shared directory as ROUTER_IMAGE_IN_SHARED; built only when it is missing or changed."""
     wheels = router_wheels_dir()
-    key = hashlib.sha256(f"{image_key(STANDIN_DIR)}:{wheels.name}".encode()).hexdigest()[:12]
+    recipe = f"{image_key(STANDIN_DIR)}:{wheels.name}"
+    key = hashlib.sha256(recipe.encode()).hexdigest()[:KEY_LENGTH]
     trees = [(STANDIN_DIR, STANDIN_TARGET), (wheels, IMAGE_SITE_PACKAGES)]
     record = build_image_record(ROUTER_IMAGE_NAME, key, trees)
     return publish(record, shared_dir or Layout.from_env().shared, ROUTER_IMAGE_IN_SHARED)
