@@ -369,7 +369,10 @@ for path in ("/server_info", "/get_server_info"):
             info = json.load(answer)
         break
     except Exception as error:
-        info = {"error": "%s: %s" % (path, error)}
+        info = {"error": "%s: %s" % (path, error), "status": getattr(error, "code", 0)}
+        # A refused key is refused under either name.
+        if info["status"] == 401:
+            break
 print(json.dumps({"client": client, "server_info": info, "host": socket.gethostname(),
                   "python": sys.executable}))
 """
@@ -396,6 +399,11 @@ def probe(runner: Runner, url: str, env: Mapping[str, str]) -> dict[str, Any]:
             "the client here (--client local --python PATH)")
     info = found.get("server_info")
     info = info if isinstance(info, dict) else {}
+    # sglang's client would poll a server that refuses it for a minute, then fail every run.
+    if info.get("status") == 401:
+        which = "refused the API key given" if env.get("OPENAI_API_KEY") else "needs an API key"
+        raise UserInputError(f"--api-key-file: {url} {which} (401 Unauthorized): pass the job's "
+                             "key with --api-key-file FILE or SLURM_SGLANG_API_KEY")
     return {"client_sglang_version": found["client"], "client_host": found.get("host", ""),
             "client_python": found.get("python", ""),
             "server_sglang_version": info.get("version", ""),
@@ -589,10 +597,10 @@ def run_bench(url: str, types: Sequence[str], settings: BenchSettings, out_dir: 
     files = files or LocalTransport()
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     folder = str(out_dir).rstrip("/")
-    files.makedirs(folder)
     env = client_env(api_key)
     report = BenchReport(url.rstrip("/"), dict(served or {}), [], stamp)
     report.served.update(probe(runner, report.url, env))
+    files.makedirs(folder)
     for number, point in enumerate(points, 1):
         jsonl = f"{folder}/{stamp}-{number:02d}-{point.type}.jsonl"
         argv = client_argv(point, report.url, jsonl, settings)

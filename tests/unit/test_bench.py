@@ -3,11 +3,15 @@ faked (it writes the JSONL sglang's client would)."""
 
 from __future__ import annotations
 
+import http.server
 import json
 import math
+import subprocess
+import sys
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -19,6 +23,7 @@ from slurm_sglang.bench import (
     client_env,
     compare_summaries,
     judge,
+    local_runner,
     plan_points,
     run_bench,
 )
@@ -378,3 +383,49 @@ def test_a_client_python_without_sglang_is_one_line_before_any_run(tmp_path: Pat
         run_bench("http://h", ["throughput"], BenchSettings(), tmp_path, no_sglang)
     assert str(refused.value).startswith(
         "--client: sglang is not importable: No module named 'sglang' (/usr/bin/python3 on n1); ")
+
+
+class _Refusing(http.server.BaseHTTPRequestHandler):
+    """A server that wants an API key: 401 on every path, each path it was asked noted."""
+
+    asked: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        self.asked.append(self.path)
+        self.send_response(401)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("key", "said"), [(None, "needs an API key"),
+                                           ("wrong", "refused the API key given")])
+def test_run_bench_stops_at_once_where_the_server_refuses_the_key(
+        tmp_path: Path, key: str | None, said: str) -> None:
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Refusing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}"
+    real = local_runner(sys.executable, timeout=60)
+    ran: list[Sequence[str]] = []
+
+    def runner(argv: Sequence[str], env: Mapping[str, str]) -> Any:
+        ran.append(argv)
+        done = real(argv, env)
+        # The probe needs sglang only to name the client's version; this python has none.
+        found = json.loads(done.stdout.splitlines()[-1])
+        found["client"] = "0.5.23"
+        return subprocess.CompletedProcess(argv, 0, json.dumps(found) + "\n", "")
+
+    _Refusing.asked.clear()
+    try:
+        with pytest.raises(UserInputError) as raised:
+            run_bench(url, ["throughput"], BenchSettings(num_prompts=2), tmp_path / "out",
+                      runner, api_key=key)
+    finally:
+        server.shutdown()
+    assert str(raised.value) == (f"--api-key-file: {url} {said} (401 Unauthorized): pass the "
+                                 "job's key with --api-key-file FILE or SLURM_SGLANG_API_KEY")
+    # The probe only (not the minute-long client), asked once, and nothing written.
+    assert len(ran) == 1 and ran[0][0] == "-c" and _Refusing.asked == ["/server_info"]
+    assert not (tmp_path / "out").exists()
