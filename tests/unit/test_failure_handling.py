@@ -220,6 +220,7 @@ mkfifo events
   kill "${first}" "${second}"
 ) >events &
 STEP_PID=$!
+step_ticks "${STEP_PID}" >events &
 exec {STEP_EVENTS}<events {STEP_CONTROL}>/dev/null
 for r in 0 1 2; do on_event "@slurm-sglang alive node=n$r rank=$r"; done
 read_step || true
