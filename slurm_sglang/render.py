@@ -275,9 +275,31 @@ def render_script(profile: ClusterProfile, nodes: int | None = None,
     except jinja2.TemplateNotFound as exc:
         searched = ", ".join(str(path) for path in search)
         raise RenderError(f"template {exc.name} not found in {searched}") from exc
+    except jinja2.TemplateSyntaxError as exc:
+        where = f"{exc.filename or exc.name or MAIN_TEMPLATE}:{exc.lineno}"
+        raise RenderError(f"{where}: template syntax error: {exc.message}; fix the "
+                          "template (an override in template_dir or "
+                          f"{TEMPLATE_DIR_ENV})") from None
     except jinja2.UndefinedError as exc:
-        raise RenderError(f"template error: {exc.message}") from exc
+        raise RenderError(f"{_template_line(exc, search)}: template error: {exc.message}; "
+                          "a template's values are ctx's fields (RenderContext in "
+                          "slurm_sglang/render.py), and a macro sees only its arguments"
+                          ) from None
     return text
+
+
+def _template_line(exc: BaseException, search: list[Path]) -> str:
+    """FILE:LINE of the innermost template frame an error passed through (Jinja rewrites
+    its tracebacks to name the template file), else the main template's name."""
+    roots = [path.resolve() for path in search]
+    where = MAIN_TEMPLATE
+    trace = exc.__traceback__
+    while trace is not None:
+        filename = trace.tb_frame.f_code.co_filename
+        if any(Path(filename).resolve().is_relative_to(root) for root in roots):
+            where = f"{filename}:{trace.tb_lineno}"
+        trace = trace.tb_next
+    return where
 
 
 def write_script(text: str, path: Path) -> None:
