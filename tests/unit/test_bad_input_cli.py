@@ -108,6 +108,13 @@ PROFILE_CASES: dict[str, tuple[str, str]] = {
                                  "must be an absolute path on every node's local disk"),
     "directive-not-option": ("slurm:\n  extra_directives: [\"mem=0\"]\n",
                              "must be an sbatch option"),
+    # A template_dir that is not there would render the built-in partials without a word.
+    "missing-template-dir": ("\ntemplate_dir: /no/such/templates\n",
+                             "self.yaml:2: template_dir: Value error, '/no/such/templates' is "
+                             "not a directory here"),
+    "relative-template-dir": ("template_dir: templates\n",
+                              "self.yaml:1: template_dir: Value error, 'templates' must be an "
+                              "absolute path"),
 }
 
 
@@ -163,6 +170,24 @@ def test_cli_refuses(tmp_path: Path, case: str) -> None:
     assert len(reported) == 1, result.stderr + result.stdout
     assert len(result.stderr.splitlines()) <= 1
     assert not canary.exists()
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("/no/such/templates", "is not a directory here"),
+    ("relative/templates", "must be an absolute path"),
+])
+def test_template_dir_environment_that_is_no_directory_is_refused(
+        tmp_path: Path, value: str, expected: str) -> None:
+    environ = {**os.environ, "SLURM_SGLANG_TEMPLATE_DIR": f"{tmp_path}:{value}"}
+    result = subprocess.run([sys.executable, "-m", "slurm_sglang", "render", "-o",
+                             str(tmp_path / "out.sbatch")], capture_output=True, text=True,
+                            timeout=60, env=environ, cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"slurm-sglang: error: SLURM_SGLANG_TEMPLATE_DIR: {value!r} "
+                               f"{expected}"), result.stderr
+    assert not (tmp_path / "out.sbatch").exists()
 
 
 def test_model_path_with_spaces_is_accepted() -> None:

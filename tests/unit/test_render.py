@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from slurm_sglang.profile import ClusterProfile, builtin_profile_names, load_profile
-from slurm_sglang.render import RenderError, render_script
+from slurm_sglang.render import RenderError, TemplateSettings, render_script
 
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = Path(__file__).parent / "golden"
@@ -193,3 +193,9 @@ def test_undefined_value_in_an_override_names_its_file_and_line(tmp_path: Path) 
     expected = rf"^{re.escape(str(override))}:{line}: template error: 'ctx' is undefined"
     with pytest.raises(RenderError, match=expected):
         render_script(profile)
+
+
+def test_override_directory_from_python_that_is_not_there_is_refused(tmp_path: Path) -> None:
+    settings = TemplateSettings((tmp_path / "nope",))
+    with pytest.raises(RenderError, match=r"override_dirs: .*/nope is not a directory"):
+        render_script(load_profile("default"), settings=settings)
