@@ -394,6 +394,10 @@ RESERVED_FLAGS: Dict[str, str] = {
     "--node-rank": "each rank gets its own --node-rank from SLURM_NODEID",
     "--dist-init-addr": "the head's address is found inside the allocation (use --dist-port)",
     "--host": "ranks listen on 0.0.0.0 so the head is reachable from other nodes",
+    # The rank's own --port comes last and argparse keeps the last: a user's would be ignored.
+    "--port": "the HTTP port is the launcher's own --port (replicas and the router take the "
+    "ports above it): give `submit --port N` (`check --port N`), or run.sbatch's --port N "
+    "before any `--`",
 }
 # Secrets never travel on a command line, where ps and the logs would show them.
 # Refused by any prefix argparse accepts (--api-k, --api-ke=...), in check and in the script.
@@ -480,6 +484,138 @@ def check_argv(read: SglangArgv) -> None:
 
 # A hub id as sglang takes it (org/name): neither a path that starts like one nor one that exists.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class FlagProblem(NamedTuple):
+    """One thing wrong (error) or worth saying (warning) about an sglang argv."""
+
+    kind: str
+    flag: str
+    message: str
+    severity: str = "error"
+    position: Optional[int] = None
+    suggestion: Optional[str] = None
+
+
+def _closest(spelling: str, table: KnownFlags) -> Optional[str]:
+    import difflib  # only for a flag nobody knows
+
+    close = difflib.get_close_matches(spelling, table.declaration_order, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def _rename_hint(spelling: str, version: str) -> str:
+    rename = renames_for(version).get(spelling)
+    return "; slurm-sglang rewrites it to {}".format(rename.new) if rename else ""
+
+
+def flag_problems(read: SglangArgv) -> List[FlagProblem]:
+    """What sglang's parser would say of an argv read once (read_argv), offline: unknown,
+    ambiguous and stray words, bad values (errors); deprecations and repeats (warnings)."""
+    version = read.version
+    table = load_known_flags(version)
+    problems = []  # type: List[FlagProblem]
+    seen = {}  # type: Dict[str, str]
+    for option in read.options:
+        spelling, index = option.spelling, option.position
+        if option.token == "--" or (option.spec is None and not option.token.startswith("-")):
+            problems.append(FlagProblem(
+                "stray-argument", option.token,
+                "{!r}: sglang takes no positional arguments; is a flag before it misspelt, or "
+                "does it take no value?".format(option.token), position=index))
+        elif option.ambiguous_matches:
+            problems.append(FlagProblem(
+                "ambiguous", spelling,
+                "{}: ambiguous in sglang {}: argparse stops with 'ambiguous option: {} could "
+                "match {}'{}".format(spelling, version, option.token,
+                                     ", ".join(option.ambiguous_matches),
+                                     _rename_hint(spelling, version)),
+                position=index))
+        elif option.spec is None:
+            closest = _closest(spelling, table)
+            hint = _rename_hint(spelling, version) or (
+                "; did you mean {}?".format(closest) if closest else "")
+            problems.append(FlagProblem(
+                "unknown", spelling, "{}: unknown sglang flag{}".format(spelling, hint),
+                position=index, suggestion=closest))
+        else:
+            problems.extend(_value_problems(option, option.spec, read.argv))
+            deprecated = option.spec.deprecated
+            if deprecated is not None:
+                use = deprecated.get("use")
+                problems.append(FlagProblem(
+                    "deprecated", spelling,
+                    deprecated.get("error") or "{}: deprecated in sglang {}{}".format(
+                        spelling, version, "; use {}".format(use) if use else ""),
+                    severity="warning" if "error" not in deprecated else "error",
+                    position=index, suggestion=use))
+            dest = option.spec.dest
+            if dest in seen:
+                problems.append(FlagProblem(
+                    "repeated", spelling,
+                    "{}: given again (first as {}); sglang keeps the last".format(
+                        spelling, seen[dest]),
+                    severity="warning", position=index))
+            seen[dest] = spelling
+    return problems
+
+
+def _value_problems(option: ParsedOption, spec: FlagSpec, argv: Sequence[str]
+                    ) -> List[FlagProblem]:
+    """A known option's values as argparse checks them: their count, type and choices."""
+    spelling, index, values = option.spelling, option.position, option.values(argv)
+    problems = []  # type: List[FlagProblem]
+    if option.explicit_value is not None and not spec.takes_value:
+        problems.append(FlagProblem(
+            "unexpected-value", spelling,
+            "{}: takes no value, but was given {!r}".format(spelling, option.explicit_value),
+            position=index))
+    elif len(values) < value_count(spec)[0]:
+        wanted = "one argument" if spec.nargs is None else "{!r} arguments".format(spec.nargs)
+        problems.append(FlagProblem(
+            "missing-value", spelling,
+            "argument {}: expected {}".format("/".join(spec.option_strings), wanted),
+            position=index))
+    for value in values:
+        problem = _check_value(spec, spelling, value, index)
+        if problem is not None:
+            problems.append(problem)
+    return problems
+
+
+def _check_value(spec: FlagSpec, spelling: str, value: str, position: int
+                 ) -> Optional[FlagProblem]:
+    converted = value  # type: Any
+    try:
+        if spec.value_type == "int":
+            converted = int(value)
+        elif spec.value_type == "float":
+            converted = float(value)
+    except ValueError:
+        return FlagProblem("bad-value", spelling, "{}: invalid {} value: {!r}".format(
+            spelling, spec.value_type, value), position=position)
+    if spec.choices is not None and converted not in spec.choices:
+        choices = ", ".join(repr(choice) for choice in spec.choices)
+        return FlagProblem("bad-value", spelling, "{}: invalid choice: {!r} (choose from "
+                           "{})".format(spelling, value, choices), position=position)
+    return None
+
+
+def check_flags(read: SglangArgv, own_flags: Sequence[str] = ()) -> None:
+    """Refuse an argv sglang's parser would refuse (flag_problems' first error), so that the
+    script stops where `check` and `submit` stop, before any rank starts. An unknown flag close
+    to one of own_flags (the script's, whose misspellings reach sglang) is named as that."""
+    for problem in flag_problems(read):
+        if problem.severity != "error":
+            continue
+        if problem.kind == "unknown" and own_flags:
+            import difflib
+
+            own = difflib.get_close_matches(problem.flag, own_flags, n=1, cutoff=0.8)
+            if own:
+                raise SpecError("{}: unknown flag, neither run.sbatch's nor sglang's; did you "
+                                "mean run.sbatch's {}?".format(problem.flag, own[0]))
+        raise SpecError(problem.message)
 
 
 def is_hub_id(model: str) -> bool:
@@ -1388,6 +1524,8 @@ def launch(request: LaunchRequest, read: Optional[SglangArgv] = None) -> Launch:
         read = read_argv(request.argv, request.version)
     check_argv(read)
     par = parallelism_of(read)
+    # Before the arithmetic: a misspelt --tp-size leaves tp 1, and the typo is the fix.
+    check_flags(read, tuple(_FLAG_BY_NAME))
     problems = check_parallelism(par, request.nodes, request.gpus_per_node)
     if problems:
         raise PlanError(problems[0])
@@ -1531,6 +1669,7 @@ def script_assignments(options: List[str], argv: Sequence[str],
         read = read_argv(args.sglang_args, version)
         check_argv(read)
         parallelism_of(read)
+        check_flags(read, tuple(_FLAG_BY_NAME))
         return out + shell_assignments([], [("SGLANG_ARGS", args.sglang_args)])
     stage = values["STAGE_MODEL"]
     result = launch(LaunchRequest(

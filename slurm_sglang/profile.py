@@ -88,6 +88,21 @@ def _absolute_path(value: str, what: str, where: str = "", optional: bool = Fals
     return value
 
 
+def template_directory(value: str) -> Path:
+    """An override template directory as the renderer reads it: '~' expanded, absolute and
+    existing here (rendering runs where render or submit runs); ValueError says the fix."""
+    _no_newlines(value, "a template directory")
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        raise ValueError(f"{value!r} must be an absolute path (render and submit run from any "
+                         "directory), e.g. /shared/slurm-sglang/templates")
+    if not path.is_dir():
+        # A missing override would silently render the built-in partials instead.
+        raise ValueError(f"{value!r} is not a directory here; create it with the partials it "
+                         "replaces (docs/admin-guide.md, \"Overriding a partial\"), or remove it")
+    return path
+
+
 def _check_directive(value: str) -> str:
     # Checked one item at a time, so that the error names the item's line in the profile.
     _no_newlines(value, "an extra directive")
@@ -452,6 +467,13 @@ class ClusterProfile(_Strict):
     sglang_version: str = Field(default="", description=(
         "sglang version on the cluster, for the offline flag checks; empty: the newest "
         "known."))
+
+    @field_validator("template_dir")
+    @classmethod
+    def _template_dir(cls, value: str) -> str:
+        if value:
+            template_directory(value)
+        return value
     slurm: SlurmSettings = Field(default_factory=SlurmSettings)
     fabric: FabricSettings = Field(default_factory=FabricSettings)
     container: ContainerSettings = Field(default_factory=ContainerSettings)

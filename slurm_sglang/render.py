@@ -29,6 +29,7 @@ from slurm_sglang.profile import (
     ContainerSettings,
     FabricSettings,
     RouterSettings,
+    template_directory,
 )
 
 # The repo's top-level templates/, which pyproject.toml installs under this package name.
@@ -222,10 +223,16 @@ BUILTIN_TEMPLATES = TemplateSettings()
 def template_settings_from(environ: Mapping[str, str], home: Path) -> TemplateSettings:
     """The settings the CLI reads from its environment: SLURM_SGLANG_TEMPLATE_DIR (colon-
     separated override directories) and the cache under $XDG_CACHE_HOME, else HOME/.cache."""
-    overrides = tuple(Path(part).expanduser()
-                      for part in environ.get(TEMPLATE_DIR_ENV, "").split(os.pathsep) if part)
+    overrides = []
+    for part in environ.get(TEMPLATE_DIR_ENV, "").split(os.pathsep):
+        if not part:
+            continue
+        try:
+            overrides.append(template_directory(part))
+        except ValueError as error:
+            raise RenderError(f"{TEMPLATE_DIR_ENV}: {error}") from None
     cache_home = Path(environ.get("XDG_CACHE_HOME") or home / ".cache")
-    return TemplateSettings(overrides, cache_home / "slurm-sglang" / "jinja")
+    return TemplateSettings(tuple(overrides), cache_home / "slurm-sglang" / "jinja")
 
 
 def template_search_path(profile: ClusterProfile,
@@ -234,7 +241,11 @@ def template_search_path(profile: ClusterProfile,
     paths: list[Path] = []
     if profile.template_dir:
         paths.append(Path(profile.template_dir).expanduser())
-    paths.extend(settings.override_dirs)
+    for directory in settings.override_dirs:
+        # A directory that is not there would render the built-ins without a word.
+        if not directory.is_dir():
+            raise RenderError(f"TemplateSettings.override_dirs: {directory} is not a directory")
+        paths.append(directory)
     paths.append(builtin_template_dir())
     return paths
 
@@ -275,9 +286,31 @@ def render_script(profile: ClusterProfile, nodes: int | None = None,
     except jinja2.TemplateNotFound as exc:
         searched = ", ".join(str(path) for path in search)
         raise RenderError(f"template {exc.name} not found in {searched}") from exc
+    except jinja2.TemplateSyntaxError as exc:
+        where = f"{exc.filename or exc.name or MAIN_TEMPLATE}:{exc.lineno}"
+        raise RenderError(f"{where}: template syntax error: {exc.message}; fix the "
+                          "template (an override in template_dir or "
+                          f"{TEMPLATE_DIR_ENV})") from None
     except jinja2.UndefinedError as exc:
-        raise RenderError(f"template error: {exc.message}") from exc
+        raise RenderError(f"{_template_line(exc, search)}: template error: {exc.message}; "
+                          "a template's values are ctx's fields (RenderContext in "
+                          "slurm_sglang/render.py), and a macro sees only its arguments"
+                          ) from None
     return text
+
+
+def _template_line(exc: BaseException, search: list[Path]) -> str:
+    """FILE:LINE of the innermost template frame an error passed through (Jinja rewrites
+    its tracebacks to name the template file), else the main template's name."""
+    roots = [path.resolve() for path in search]
+    where = MAIN_TEMPLATE
+    trace = exc.__traceback__
+    while trace is not None:
+        filename = trace.tb_frame.f_code.co_filename
+        if any(Path(filename).resolve().is_relative_to(root) for root in roots):
+            where = f"{filename}:{trace.tb_lineno}"
+        trace = trace.tb_next
+    return where
 
 
 def write_script(text: str, path: Path) -> None:

@@ -68,6 +68,14 @@ CASES: dict[str, tuple[list[str], str]] = {
                            "contains a newline"),
     "api-key-in-argv": (["--model-path", "m", "--tp", "2", "--api-key", "sk-plain-secret"],
                         "--api-key-file FILE"),
+    # What check refuses, the plan refuses too: sglang would stop on it with its usage.
+    "misspelt-script-flag": (["--quite", "--model-path", "m", "--tp", "2"],
+                             "did you mean run.sbatch's --quiet?"),
+    "unknown-sglang-flag": (["--model-path", "m", "--tp-szie", "2"],
+                            "--tp-szie: unknown sglang flag; did you mean --tp-size?"),
+    # After `--`, --port is sglang's; the rank's own --port would override it without a word.
+    "sglang-port": (["--model-path", "m", "--tp", "2", "--", "--port", "30001"],
+                    "--port is set by the launcher"),
 }
 
 

@@ -59,6 +59,10 @@ SCRIPT_CASES: dict[str, tuple[list[str], str]] = {
     "workspace-missing": (["--model-path", "m", "-w", "/nonexistent/ws"], "is not a directory"),
     "nnodes-given": (["--model-path", "m", "--nnodes", "2"], "--nnodes is set by the launcher"),
     "host-given": (["--model-path", "m", "--host", "0.0.0.0"], "--host"),
+    "port-after-dashes": (["--model-path", "m", "--", "--port", "30001"],
+                          "--port is set by the launcher"),
+    "misspelt-script-flag": (["--quite", "--model-path", "m", "--tp", "2"],
+                             "did you mean run.sbatch's --quiet?"),
     "api-key-in-argv": (["--model-path", "m", "--api-key", "sk-plain-secret"],
                         "--api-key on the command line shows in ps"),
     "api-key-file-missing": (["--model-path", "m", "--api-key-file", "/nonexistent/key"],
@@ -108,6 +112,13 @@ PROFILE_CASES: dict[str, tuple[str, str]] = {
                                  "must be an absolute path on every node's local disk"),
     "directive-not-option": ("slurm:\n  extra_directives: [\"mem=0\"]\n",
                              "must be an sbatch option"),
+    # A template_dir that is not there would render the built-in partials without a word.
+    "missing-template-dir": ("\ntemplate_dir: /no/such/templates\n",
+                             "self.yaml:2: template_dir: Value error, '/no/such/templates' is "
+                             "not a directory here"),
+    "relative-template-dir": ("template_dir: templates\n",
+                              "self.yaml:1: template_dir: Value error, 'templates' must be an "
+                              "absolute path"),
 }
 
 
@@ -146,6 +157,8 @@ CLI_CASES: dict[str, tuple[list[str], str]] = {
                                     "--tp", TOUCH], "is not a whole number"),
     "check-host-given": (["check", "--", "--model-path", "m", "--host", "1.2.3.4"],
                          "--host"),
+    "check-port-among-sglang-args": (["check", "--", "--model-path", "m", "--tp", "2", "--port",
+                                      "30001"], "`submit --port N`"),
     "render-nodes-zero": (["render", "--nodes", "0"], "is not a whole number from 1 to 10000"),
     "render-unknown-verb-option": (["render", "--nodez", "2"], "unrecognized arguments"),
 }
@@ -163,6 +176,24 @@ def test_cli_refuses(tmp_path: Path, case: str) -> None:
     assert len(reported) == 1, result.stderr + result.stdout
     assert len(result.stderr.splitlines()) <= 1
     assert not canary.exists()
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("/no/such/templates", "is not a directory here"),
+    ("relative/templates", "must be an absolute path"),
+])
+def test_template_dir_environment_that_is_no_directory_is_refused(
+        tmp_path: Path, value: str, expected: str) -> None:
+    environ = {**os.environ, "SLURM_SGLANG_TEMPLATE_DIR": f"{tmp_path}:{value}"}
+    result = subprocess.run([sys.executable, "-m", "slurm_sglang", "render", "-o",
+                             str(tmp_path / "out.sbatch")], capture_output=True, text=True,
+                            timeout=60, env=environ, cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"slurm-sglang: error: SLURM_SGLANG_TEMPLATE_DIR: {value!r} "
+                               f"{expected}"), result.stderr
+    assert not (tmp_path / "out.sbatch").exists()
 
 
 def test_model_path_with_spaces_is_accepted() -> None:

@@ -212,3 +212,18 @@ def test_admin_guide_documents_every_key() -> None:
         elif f"`{key}`" not in chunks["Top level"]:
             missing.append(key)
     assert missing == []
+
+
+def test_validate_refuses_a_template_dir_that_is_not_there(capsys: pytest.CaptureFixture[str],
+                                                           tmp_path: Path) -> None:
+    profile = tmp_path / "site.yaml"
+    profile.write_text(f"extends: tcp\ntemplate_dir: {tmp_path}/missing\n")
+    code, out, _ = run(capsys, "profiles", "validate", str(profile))
+    assert code == 2
+    assert out.splitlines() == [
+        f"{profile}:2: template_dir: Value error, '{tmp_path}/missing' is not a directory here; "
+        "create it with the partials it replaces (docs/admin-guide.md, \"Overriding a "
+        "partial\"), or remove it"]
+    (tmp_path / "missing").mkdir()
+    code, out, _ = run(capsys, "profiles", "validate", str(profile))
+    assert (code, out.splitlines()) == (0, [f"{profile}: ok"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from slurm_sglang.profile import ClusterProfile, builtin_profile_names, load_profile
-from slurm_sglang.render import RenderError, render_script
+from slurm_sglang.render import RenderError, TemplateSettings, render_script
 
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = Path(__file__).parent / "golden"
@@ -166,3 +167,35 @@ def test_missing_override_partial_is_a_clear_error(tmp_path: Path) -> None:
     profile = ClusterProfile.model_validate({"template_dir": str(tmp_path)})
     with pytest.raises(RenderError, match=r"nope\.sh\.j2 not found"):
         render_script(profile)
+
+
+def test_syntax_error_in_an_override_names_its_file_and_line(tmp_path: Path) -> None:
+    partials = tmp_path / "partials"
+    partials.mkdir()
+    broken = partials / "fabric_tcp.sh.j2"
+    broken.write_text("{% macro fabric_functions(fabric) -%}\n{% if %}{%- endmacro %}\n")
+    profile = ClusterProfile.model_validate({"template_dir": str(tmp_path),
+                                             "fabric": {"kind": "tcp"}})
+    with pytest.raises(RenderError, match=rf"^{re.escape(str(broken))}:2: template syntax error"):
+        render_script(profile)
+
+
+def test_undefined_value_in_an_override_names_its_file_and_line(tmp_path: Path) -> None:
+    partials = tmp_path / "partials"
+    partials.mkdir()
+    builtin = (REPO / "templates" / "partials" / "fabric_tcp.sh.j2").read_text()
+    macro = "{% macro fabric_functions(fabric) -%}\n"
+    line = builtin[:builtin.index(macro)].count("\n") + 2
+    override = partials / "fabric_tcp.sh.j2"
+    override.write_text(builtin.replace(macro, macro + "# {{ ctx.runtime }}\n"))
+    profile = ClusterProfile.model_validate({"template_dir": str(tmp_path),
+                                             "fabric": {"kind": "tcp"}})
+    expected = rf"^{re.escape(str(override))}:{line}: template error: 'ctx' is undefined"
+    with pytest.raises(RenderError, match=expected):
+        render_script(profile)
+
+
+def test_override_directory_from_python_that_is_not_there_is_refused(tmp_path: Path) -> None:
+    settings = TemplateSettings((tmp_path / "nope",))
+    with pytest.raises(RenderError, match=r"override_dirs: .*/nope is not a directory"):
+        render_script(load_profile("default"), settings=settings)

@@ -227,15 +227,19 @@ def test_bad_flags_exit_2_with_one_line(tmp_path: Path, case: str) -> None:
     assert expected.replace("{tmp}", str(tmp_path)) in stderr, stderr
 
 
-AWKWARD = ["a b  c", "it's \"quoted\"", "$(touch pwned) `id` ${HOME} $HOME", "-leading",
-           "--json-model-override-args", '{"x": [1, 2]}', "", "tab\there", "模型-😀", "\\"]
+# Each value of a flag that takes one string, as sglang would accept them (the plan refuses
+# what sglang's parser would, as check does); "-leading" only reaches it after '='.
+AWKWARD = ["--served-model-name", "a b  c", "--chat-template", "it's \"quoted\"",
+           "--tokenizer-path", "$(touch pwned) `id` ${HOME} $HOME", "--revision=-leading",
+           "--json-model-override-args", '{"x": [1, 2]}', "--download-dir", "",
+           "--completion-template", "tab\there", "--file-storage-path", "模型-😀",
+           "--hf-chat-template-name", "\\"]
 
 
 @pytest.mark.parametrize("nodes", [0, 2], ids=["arguments-alone", "planned"])
 def test_sglangs_arguments_come_back_as_an_array_byte_for_byte(tmp_path: Path, nodes: int
                                                                ) -> None:
-    argv = ["--model-path", "m", "--served-model-name", *AWKWARD[:3], "--tp", "2",
-            "--chat-template", *AWKWARD[3:]]
+    argv = ["--model-path", "m", *AWKWARD[:6], "--tp", "2", *AWKWARD[6:]]
     done = _script(tmp_path, "--quiet", *argv, nodes=nodes)
     assert done.returncode == 0, done.stderr.decode()
     fields = done.stdout.split(b"\0")[:-3]

@@ -49,8 +49,11 @@ SCRIPT_BUDGET = 2260
 # -10: the replicas' plan (its first reason, idle nodes) built once, not in _pack and _span each;
 # -14: the staged model path set in server_argv_of's one pass over the argv read once
 # (with_model_path parsed it again), port_assignments inlined into its one caller; -3:
-# _knows_dest inlined into its one caller.
-LAUNCH_PLAN_BUDGET = 1635
+# _knows_dest inlined into its one caller; +139: the offline flag checks (flag_problems, 115
+# lines) back from sglang_flags.py with check_flags (17) and its calls (3), because the script
+# must refuse a misspelt flag inside an allocation as check does (docs/troubleshooting.md, "Bad
+# input") rather than start every rank for sglang to stop on it; +4: --port reserved.
+LAUNCH_PLAN_BUDGET = 1774
 EMBEDDED_PROGRAM_LIMIT = 50
 HEREDOC = re.compile(r"<<-?\s*'?\"?([A-Za-z_]+)'?\"?\s*$")
 

@@ -745,8 +745,20 @@ def test_the_script_refuses_a_port_below_1024(tmp_path: Path, port: str) -> None
     (["--nodes", "1"], ["--port"], "--port needs a value"),
     (["--nodes", "4", "--gpus-per-node", "8"], ["--port", "65534", "--dp", "4"],
      "past 65535: lower --port to at most 65530"),
+    # Inside an allocation too, what `check` refuses: sglang would stop on it after the queue.
+    (["--nodes", "1", "--gpus-per-node", "8"], ["--quite", "--tp", "2"],
+     "--quite: unknown flag, neither run.sbatch's nor sglang's; did you mean run.sbatch's "
+     "--quiet?"),
+    (["--nodes", "1", "--gpus-per-node", "8"], ["--tp-szie", "2"],
+     "--tp-szie: unknown sglang flag; did you mean --tp-size?"),
+    (["--nodes", "1", "--gpus-per-node", "8"], ["--attention-backend", "flashinferr"],
+     "--attention-backend: invalid choice: 'flashinferr'"),
+    # After `--`, --port is sglang's, which the rank's own --port would silently override.
+    (["--nodes", "1", "--gpus-per-node", "8"], ["--", "--port", "30001"],
+     "--port is set by the launcher"),
 ], ids=["dp-10^8", "nodes-10^8", "nodes-text", "gpus-65", "port-80", "port-missing",
-        "replica-ports-past-65535"])
+        "replica-ports-past-65535", "misspelt-script-flag", "unknown-sglang-flag",
+        "bad-choice", "sglang-port"])
 def test_the_scripts_plan_refuses_in_one_line(tmp_path: Path, options: list[str],
                                               sglang: list[str], expected: str) -> None:
     # As the script runs it: python3 -I -S, the file alone beside its data.

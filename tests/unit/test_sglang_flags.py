@@ -253,6 +253,9 @@ def test_repeated_flag_warns_that_the_last_wins() -> None:
         ["--dist-init-addr", "10.0.0.1:5000"],
         ["--dist-init", "10.0.0.1:5000"],
         ["--host", "0.0.0.0"],
+        ["--port", "30001"],
+        ["--port=30001"],
+        ["--por", "30001"],
     ],
 )
 def test_reserved_flags_are_found_in_every_spelling(argv: list[str]) -> None:
@@ -260,9 +263,15 @@ def test_reserved_flags_are_found_in_every_spelling(argv: list[str]) -> None:
         validate_argv(MODEL + argv)
 
 
-def test_port_and_dist_timeout_are_the_users() -> None:
-    validate_argv([*MODEL, "--port", "30000", "--dist-timeout", "600"])
-    assert "--port" not in RESERVED_FLAGS
+def test_sglang_port_is_refused_naming_the_launchers_port() -> None:
+    # The rank's argv ends in the launcher's --port, which argparse keeps: a user's is ignored.
+    with pytest.raises(SpecError, match=r"^--port is set by the launcher: .*`submit --port N`"):
+        validate_argv([*MODEL, "--port", "30001"])
+
+
+def test_dist_timeout_is_the_users() -> None:
+    validate_argv([*MODEL, "--dist-timeout", "600"])
+    assert "--dist-timeout" not in RESERVED_FLAGS
 
 
 def test_every_reserved_flag_and_rename_target_exists_in_the_latest_table() -> None:
