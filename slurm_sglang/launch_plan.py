@@ -533,8 +533,11 @@ def flag_problems(read: SglangArgv) -> List[FlagProblem]:
                 position=index))
         elif option.spec is None:
             closest = _closest(spelling, table)
+            # Without a near spelling, the flag may be a newer sglang's than the table's.
             hint = _rename_hint(spelling, version) or (
-                "; did you mean {}?".format(closest) if closest else "")
+                "; did you mean {}?".format(closest) if closest else
+                " (checked against sglang {}'s flags; a newer sglang needs its own table: "
+                "docs/sglang-flags.md, \"Regenerating the known-flags table\")".format(version))
             problems.append(FlagProblem(
                 "unknown", spelling, "{}: unknown sglang flag{}".format(spelling, hint),
                 position=index, suggestion=closest))

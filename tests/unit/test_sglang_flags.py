@@ -186,6 +186,15 @@ def test_typo_names_the_closest_flag() -> None:
     assert problems[0].suggestion == "--tp-size"
 
 
+def test_a_flag_with_no_near_spelling_names_the_tables_version() -> None:
+    (problem,) = check_known_flags(["--zzzz-new-in-a-later-sglang", "1"])
+    assert problem.message == (
+        "--zzzz-new-in-a-later-sglang: unknown sglang flag (checked against sglang 0.5.23's "
+        "flags; a newer sglang needs its own table: docs/sglang-flags.md, \"Regenerating the "
+        "known-flags table\")")
+    assert problem.suggestion is None
+
+
 def test_removed_flag_points_to_its_rewrite() -> None:
     (problem,) = check_known_flags(["--enable-ep-moe"])
     assert problem.kind == "unknown"
