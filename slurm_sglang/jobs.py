@@ -103,6 +103,8 @@ class JobProgress:
     staged: dict[str, tuple[int, int]] = field(default_factory=dict)
     stage_sent: tuple[int, int, int] = (0, 0, 0)
     stage_missing: int = 0
+    # The driver began removing every node's containers (after the first failure).
+    swept: bool = False
 
     @property
     def nodes_not_ended(self) -> list[str]:
@@ -148,6 +150,7 @@ class JobProgress:
 def read_progress(events_text: str) -> JobProgress:
     """Fold events.log into a JobProgress."""
     progress = JobProgress()
+    failed_ranks: set[str] = set()
     for line in events_text.splitlines():
         event = parse_event(line)
         if event is None:
@@ -176,17 +179,49 @@ def read_progress(events_text: str) -> JobProgress:
                                    _int(event.fields.get("total")), _int(event.fields.get("rate")))
         elif event.kind == "ready":
             progress.ready_url = event.fields.get("url", "")
-        elif event.kind == "preflight-failed":
-            check = event.fields.get("check", "?")
-            progress.failures.append(f"{event.node}: {check}: {event.detail}")
-        elif event.kind == "health-timeout":
-            progress.failures.append(f"{event.node}: /health not ready in time")
+        elif event.kind == "sweep":
+            progress.swept = True
         if event.kind == "rank-exit":
             progress.nodes_ended.add(event.node)
-        if event.kind == "rank-exit" and "stopped" not in event.fields:
-            progress.failures.append(
-                f"rank {event.rank} on {event.node} exited with code {event.fields.get('code')}")
+        if event.kind == "rank-exit" and event.rank in failed_ranks:
+            continue  # its failure (a health timeout, a lost node) is named already
+        failure = failure_line(event, after_sweep=progress.swept)
+        if failure:
+            progress.failures.append(failure)
+        if event.kind in ("health-timeout", "lost"):
+            failed_ranks.add(event.rank)
     return progress
+
+
+def failure_line(event: Event, after_sweep: bool = False) -> str:
+    """The line naming the failure an event reports ('' for an event that is none), worded as
+    the driver's own (templates/partials/driver.sh.j2, on_event)."""
+    where, fields = event.node, event.fields
+    if event.kind == "preflight-failed":
+        return f"{where}: {fields.get('check', '?')}: {event.detail}"
+    if event.kind == "gpus-refused":
+        return f"{where}: GPUS refused: {event.detail}"
+    if event.kind == "preflight-nccl" and fields.get("code", "0") != "0":
+        return f"{where}: NCCL check failed (code {fields.get('code')}): {event.detail}"
+    if event.kind == "health-timeout":
+        seconds = fields.get("seconds")
+        return f"{where} (rank {event.rank}): /health not 200" + (
+            f" after {seconds} s" if seconds else " in time")
+    if event.kind == "lost":
+        return f"rank {event.rank} on {where}: lost (SLURM says its node is gone)"
+    if event.kind == "rank-exit" and "stopped" not in fields:
+        # After the sweep began, an exit is most likely the sweep's doing, not a cause.
+        return (f"rank {event.rank} on {where} exited with code {fields.get('code')}"
+                + (" (after the cleanup began)" if after_sweep else ""))
+    if event.kind == "replica-failed" and fields.get("reason") == "exit-on-replica-failure":
+        return (f"replica {fields.get('replica')} failed on {where} (exit code "
+                f"{fields.get('code')}); --exit-on-replica-failure ends the job")
+    if event.kind == "replica-failed":
+        return (f"replica {fields.get('replica')} on {where} stays down: it failed again "
+                f"after {fields.get('restarts')} restart(s)")
+    if event.kind == "router-exit":
+        return f"the router on {where} exited with code {fields.get('code')}"
+    return ""
 
 
 def _int(text: str | None) -> int:
