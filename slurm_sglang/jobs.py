@@ -239,22 +239,38 @@ QUEUE_UNREACHABLE = "UNREACHABLE"
 
 @dataclass(frozen=True)
 class QueueReading:
-    """SLURM's word on a job: from squeue while queued or running, from sacct once it left.
+    """SLURM's word on a job: from squeue while queued or running, from sacct once it left,
+    else from scontrol while slurmctld still holds the ended job (MinJobAge, 300 s by default).
 
     state is SLURM's state (PENDING, RUNNING, COMPLETED, ...) or None when SLURM no longer knows
-    the job; error is set when squeue or sacct gave no answer, and the state is then unknown.
+    the job; error is set when a source gave no answer, and the state is then unknown.
     """
 
     state: str | None
-    source: str = "squeue"  # squeue, sacct, or none (left the queue, no accounting)
-    exit_code: str = ""  # sacct's ExitCode, e.g. "1:0" (code:signal)
-    reason: str = ""  # sacct's Reason, e.g. NodeFail
+    source: str = "squeue"  # squeue, sacct, scontrol, or none (no source knows the job)
+    exit_code: str = ""  # sacct's or scontrol's ExitCode, e.g. "1:0" (code:signal)
+    reason: str = ""  # SLURM's Reason: why it waits (squeue) or ended (NodeFail), '' for None
     error: str = ""
+    asked: str = ""  # source none: what each source said, e.g. "sacct: accounting disabled"
 
     @property
     def known(self) -> bool:
         """False when SLURM could not be asked: the job may run or not."""
         return not self.error
+
+    @property
+    def ended(self) -> bool:
+        """The reading is SLURM's final word on a job that left the queue (sacct, scontrol)."""
+        return self.source in FINAL_SOURCES and self.state is not None
+
+    @property
+    def forgotten(self) -> bool:
+        """Every source answered and none knows the job: nothing will change."""
+        return self.known and self.source == "none"
+
+
+# The sources asked once squeue no longer lists a job: their state is the job's final one.
+FINAL_SOURCES = ("sacct", "scontrol")
 
 
 def status_from(queue_state: str | None, state_word: str | None) -> JobStatus:
@@ -284,10 +300,11 @@ def status_from(queue_state: str | None, state_word: str | None) -> JobStatus:
 
 def status_of(reading: QueueReading, state_word: str | None) -> JobStatus:
     """The job's status from SLURM's reading and its own state file; UNKNOWN when SLURM did not
-    answer. sacct's final state wins over a live word the job left behind (a node that died)."""
+    answer. SLURM's final state (sacct's, scontrol's) wins over a live word the job left behind
+    (a node that died)."""
     if not reading.known:
         return JobStatus.UNKNOWN
-    if reading.source == "sacct" and reading.state is not None:
+    if reading.ended and reading.state is not None:
         own = _STATE_WORDS.get((state_word or "").strip())
         ended = _QUEUE_STATES.get(reading.state.split(" ")[0])
         if ended is not None and ended.finished:
