@@ -80,7 +80,8 @@ def find_job(ref: str | None = None) -> JobRecord:
 
 def job_view(record: JobRecord, transport: Transport | None = None, *,
              clock: Clock = SYSTEM_CLOCK, backoff: Backoff = DEFAULT_BACKOFF) -> JobView:
-    """Read SLURM's state of the job (squeue, else sacct, retried) and its own files."""
+    """Read SLURM's state of the job (squeue, else sacct, else scontrol; retried) and its own
+    files."""
     with _transport(record, transport) as where:
         queue = read_queue(where, record.job_id, backoff=backoff, clock=clock)
         check_job_files(where, record.log_dir, ("state", "events.log", "endpoint.json"))
@@ -89,7 +90,8 @@ def job_view(record: JobRecord, transport: Transport | None = None, *,
         endpoint_text = read_optional(where, f"{record.log_dir}/endpoint.json")
     status = status_of(queue, state)
     endpoint = json.loads(endpoint_text) if endpoint_text and status is JobStatus.READY else None
-    return JobView(record, status, queue, read_progress(events), endpoint)
+    return JobView(record, status, queue, read_progress(events), endpoint,
+                   None if state is None else state.strip())
 
 
 def endpoint(record: JobRecord, transport: Transport | None = None) -> Endpoint:
@@ -157,17 +159,21 @@ def follow(
 ) -> JobView:
     """Poll the job until it is ready or finished (or timeout seconds passed), calling
     on_change when its status, phase or queue state moves; returns the last view. An unknown
-    reading (SLURM not answering) is shown and polled through, never taken for an end."""
+    reading (SLURM not answering) is shown and polled through, never taken for an end; a job
+    that every source answered it does not know (and that wrote no state file) ends it."""
     deadline = None if timeout is None else clock.monotonic() + timeout
     last: tuple[object, ...] = ()
     with _transport(record, transport) as where:
         while True:
             view = job_view(record, where, clock=clock)
-            key = (view.status, view.progress.phase, view.queue_state, view.queue.error)
+            key = (view.status, view.phase, view.progress.phase, view.queue_state,
+                   view.queue.error)
             if key != last:
                 on_change(view)
                 last = key
             if view.status is JobStatus.READY or view.status.finished:
+                return view
+            if view.status is JobStatus.UNKNOWN and view.queue.forgotten:
                 return view
             if deadline is not None and clock.monotonic() > deadline:
                 return view

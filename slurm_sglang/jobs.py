@@ -103,6 +103,8 @@ class JobProgress:
     staged: dict[str, tuple[int, int]] = field(default_factory=dict)
     stage_sent: tuple[int, int, int] = (0, 0, 0)
     stage_missing: int = 0
+    # The driver began removing every node's containers (after the first failure).
+    swept: bool = False
 
     @property
     def nodes_not_ended(self) -> list[str]:
@@ -148,6 +150,7 @@ class JobProgress:
 def read_progress(events_text: str) -> JobProgress:
     """Fold events.log into a JobProgress."""
     progress = JobProgress()
+    failed_ranks: set[str] = set()
     for line in events_text.splitlines():
         event = parse_event(line)
         if event is None:
@@ -176,17 +179,49 @@ def read_progress(events_text: str) -> JobProgress:
                                    _int(event.fields.get("total")), _int(event.fields.get("rate")))
         elif event.kind == "ready":
             progress.ready_url = event.fields.get("url", "")
-        elif event.kind == "preflight-failed":
-            check = event.fields.get("check", "?")
-            progress.failures.append(f"{event.node}: {check}: {event.detail}")
-        elif event.kind == "health-timeout":
-            progress.failures.append(f"{event.node}: /health not ready in time")
+        elif event.kind == "sweep":
+            progress.swept = True
         if event.kind == "rank-exit":
             progress.nodes_ended.add(event.node)
-        if event.kind == "rank-exit" and "stopped" not in event.fields:
-            progress.failures.append(
-                f"rank {event.rank} on {event.node} exited with code {event.fields.get('code')}")
+        if event.kind == "rank-exit" and event.rank in failed_ranks:
+            continue  # its failure (a health timeout, a lost node) is named already
+        failure = failure_line(event, after_sweep=progress.swept)
+        if failure:
+            progress.failures.append(failure)
+        if event.kind in ("health-timeout", "lost"):
+            failed_ranks.add(event.rank)
     return progress
+
+
+def failure_line(event: Event, after_sweep: bool = False) -> str:
+    """The line naming the failure an event reports ('' for an event that is none), worded as
+    the driver's own (templates/partials/driver.sh.j2, on_event)."""
+    where, fields = event.node, event.fields
+    if event.kind == "preflight-failed":
+        return f"{where}: {fields.get('check', '?')}: {event.detail}"
+    if event.kind == "gpus-refused":
+        return f"{where}: GPUS refused: {event.detail}"
+    if event.kind == "preflight-nccl" and fields.get("code", "0") != "0":
+        return f"{where}: NCCL check failed (code {fields.get('code')}): {event.detail}"
+    if event.kind == "health-timeout":
+        seconds = fields.get("seconds")
+        return f"{where} (rank {event.rank}): /health not 200" + (
+            f" after {seconds} s" if seconds else " in time")
+    if event.kind == "lost":
+        return f"rank {event.rank} on {where}: lost (SLURM says its node is gone)"
+    if event.kind == "rank-exit" and "stopped" not in fields:
+        # After the sweep began, an exit is most likely the sweep's doing, not a cause.
+        return (f"rank {event.rank} on {where} exited with code {fields.get('code')}"
+                + (" (after the cleanup began)" if after_sweep else ""))
+    if event.kind == "replica-failed" and fields.get("reason") == "exit-on-replica-failure":
+        return (f"replica {fields.get('replica')} failed on {where} (exit code "
+                f"{fields.get('code')}); --exit-on-replica-failure ends the job")
+    if event.kind == "replica-failed":
+        return (f"replica {fields.get('replica')} on {where} stays down: it failed again "
+                f"after {fields.get('restarts')} restart(s)")
+    if event.kind == "router-exit":
+        return f"the router on {where} exited with code {fields.get('code')}"
+    return ""
 
 
 def _int(text: str | None) -> int:
@@ -204,22 +239,38 @@ QUEUE_UNREACHABLE = "UNREACHABLE"
 
 @dataclass(frozen=True)
 class QueueReading:
-    """SLURM's word on a job: from squeue while queued or running, from sacct once it left.
+    """SLURM's word on a job: from squeue while queued or running, from sacct once it left,
+    else from scontrol while slurmctld still holds the ended job (MinJobAge, 300 s by default).
 
     state is SLURM's state (PENDING, RUNNING, COMPLETED, ...) or None when SLURM no longer knows
-    the job; error is set when squeue or sacct gave no answer, and the state is then unknown.
+    the job; error is set when a source gave no answer, and the state is then unknown.
     """
 
     state: str | None
-    source: str = "squeue"  # squeue, sacct, or none (left the queue, no accounting)
-    exit_code: str = ""  # sacct's ExitCode, e.g. "1:0" (code:signal)
-    reason: str = ""  # sacct's Reason, e.g. NodeFail
+    source: str = "squeue"  # squeue, sacct, scontrol, or none (no source knows the job)
+    exit_code: str = ""  # sacct's or scontrol's ExitCode, e.g. "1:0" (code:signal)
+    reason: str = ""  # SLURM's Reason: why it waits (squeue) or ended (NodeFail), '' for None
     error: str = ""
+    asked: str = ""  # source none: what each source said, e.g. "sacct: accounting disabled"
 
     @property
     def known(self) -> bool:
         """False when SLURM could not be asked: the job may run or not."""
         return not self.error
+
+    @property
+    def ended(self) -> bool:
+        """The reading is SLURM's final word on a job that left the queue (sacct, scontrol)."""
+        return self.source in FINAL_SOURCES and self.state is not None
+
+    @property
+    def forgotten(self) -> bool:
+        """Every source answered and none knows the job: nothing will change."""
+        return self.known and self.source == "none"
+
+
+# The sources asked once squeue no longer lists a job: their state is the job's final one.
+FINAL_SOURCES = ("sacct", "scontrol")
 
 
 def status_from(queue_state: str | None, state_word: str | None) -> JobStatus:
@@ -249,10 +300,11 @@ def status_from(queue_state: str | None, state_word: str | None) -> JobStatus:
 
 def status_of(reading: QueueReading, state_word: str | None) -> JobStatus:
     """The job's status from SLURM's reading and its own state file; UNKNOWN when SLURM did not
-    answer. sacct's final state wins over a live word the job left behind (a node that died)."""
+    answer. SLURM's final state (sacct's, scontrol's) wins over a live word the job left behind
+    (a node that died)."""
     if not reading.known:
         return JobStatus.UNKNOWN
-    if reading.source == "sacct" and reading.state is not None:
+    if reading.ended and reading.state is not None:
         own = _STATE_WORDS.get((state_word or "").strip())
         ended = _QUEUE_STATES.get(reading.state.split(" ")[0])
         if ended is not None and ended.finished:

@@ -1,5 +1,6 @@
 """What SLURM says of a job, asked honestly: squeue while it is queued or runs, sacct once it
-left the queue (where accounting exists), scancel to end it.
+left the queue (where accounting exists), else scontrol while slurmctld still holds the ended
+job, scancel to end it.
 
 A query that fails (slurmctld restarting, a network blip to the login node) is retried with
 backoff, then reported as an unknown reading with the error; it never reads as "gone".
@@ -82,29 +83,65 @@ DEFAULT_BACKOFF = Backoff()
 
 
 def _squeue(transport: Transport, job_id: str) -> QueueReading:
-    result = transport.run(["squeue", "-h", "-j", job_id, "-o", "%T"], check=False)
+    # %r: why a pending job waits (Resources, Priority, PartitionNodeLimit, ...).
+    result = transport.run(["squeue", "-h", "-j", job_id, "-o", "%T|%r"], check=False)
     if result.returncode != 0 and _GONE not in result.stderr:
         return QueueReading(None, "squeue", error=_why("squeue", result.returncode,
                                                        result.stderr))
-    state = result.stdout.strip()
-    return QueueReading(state.splitlines()[0] if state else None, "squeue")
+    lines = result.stdout.strip().splitlines()
+    if not lines:
+        return QueueReading(None, "squeue")
+    state, _, reason = lines[0].partition("|")
+    return QueueReading(state.strip() or None, "squeue", reason=_reason(reason))
+
+
+def _reason(text: str) -> str:
+    """SLURM's Reason, '' where it says None."""
+    text = text.strip()
+    return "" if text in ("None", "(null)") else text
 
 
 def _sacct(transport: Transport, job_id: str) -> QueueReading:
     result = transport.run(["sacct", "-n", "-P", "-X", "-j", job_id, "-o", _SACCT_FIELDS],
                            check=False)
     if result.returncode != 0:
-        if any(words in result.stderr for words in _NO_ACCOUNTING) or result.returncode == 127:
-            # No accounting (or no sacct at all): the job's own state file is all there is.
-            return QueueReading(None, "none")
+        if any(words in result.stderr for words in _NO_ACCOUNTING):
+            return QueueReading(None, "none", asked="sacct: accounting storage is disabled")
+        if result.returncode == 127:
+            return QueueReading(None, "none", asked="sacct: not installed")
         return QueueReading(None, "sacct", error=_why("sacct", result.returncode, result.stderr))
     rows = [line.split("|") for line in result.stdout.splitlines() if line.strip()]
     if not rows:
-        return QueueReading(None, "none")
+        return QueueReading(None, "none", asked="sacct: no record")
     state, exit_code, reason = [*rows[-1], "", "", ""][:3]
     # "CANCELLED by 1000": the state word first, the rest is who.
-    return QueueReading(state.split(" ")[0] or None, "sacct", exit_code,
-                        "" if reason == "None" else reason)
+    return QueueReading(state.split(" ")[0] or None, "sacct", exit_code, _reason(reason))
+
+
+def _scontrol(transport: Transport, job_id: str) -> QueueReading:
+    """slurmctld's own record of an ended job, kept MinJobAge (300 s by default) after it
+    ended: where there is no accounting, the only word on a job that died before its driver
+    wrote anything (a batch shell that could not start, a job cancelled while pending)."""
+    result = transport.run(["scontrol", "show", "job", "-o", job_id], check=False)
+    if result.returncode != 0:
+        if _GONE in result.stderr:
+            return QueueReading(None, "none", asked="scontrol: no such job (it keeps ended "
+                                "jobs for MinJobAge, 300 s by default)")
+        if result.returncode == 127:
+            return QueueReading(None, "none", asked="scontrol: not installed")
+        return QueueReading(None, "scontrol",
+                            error=_why("scontrol", result.returncode, result.stderr))
+    # One line a job (-o); the first is the job itself. Fields are KEY=VALUE words.
+    line = (result.stdout.strip().splitlines() or [""])[0]
+    fields: dict[str, str] = {}
+    for word in line.split():
+        key, _, value = word.partition("=")
+        fields.setdefault(key, value)
+    state = fields.get("JobState") or None
+    if state is None:
+        return QueueReading(None, "none", asked="scontrol: no JobState in its answer")
+    return QueueReading(state, "scontrol", fields.get("ExitCode", ""),
+                        _reason(fields.get("Reason", "")))
 
 
 def _why(command: str, code: int, stderr: str) -> str:
@@ -125,13 +162,21 @@ def _retried(query: Callable[[Transport, str], QueueReading], transport: Transpo
 
 def read_queue(transport: Transport, job_id: str, *, backoff: Backoff = DEFAULT_BACKOFF,
                clock: Clock = SYSTEM_CLOCK) -> QueueReading:
-    """SLURM's reading of the job: squeue's state while it lists the job, else sacct's final
-    state, exit code and reason (source "none" where there is no accounting); each query
-    retried with backoff, an error reading when it never answered."""
+    """SLURM's reading of the job: squeue's state (and pending reason) while it lists the job,
+    else sacct's final state, exit code and reason, else scontrol's while slurmctld still holds
+    the ended job; source "none", with what each said, when none knows it. Each query retried
+    with backoff, an error reading when it never answered."""
     reading = _retried(_squeue, transport, job_id, backoff, clock)
     if not reading.known or reading.state is not None:
         return reading
-    return _retried(_sacct, transport, job_id, backoff, clock)
+    accounted = _retried(_sacct, transport, job_id, backoff, clock)
+    if not accounted.forgotten:
+        return accounted
+    held = _retried(_scontrol, transport, job_id, backoff, clock)
+    if not held.forgotten:
+        return held
+    return QueueReading(None, "none", asked="; ".join(
+        ["squeue: not listed", accounted.asked, held.asked]))
 
 
 def queue_state(transport: Transport, job_id: str) -> str | None:

@@ -37,6 +37,8 @@ class JobView:
     queue: QueueReading
     progress: JobProgress
     endpoint: dict[str, object] | None
+    # The job's own state file's word; None when the driver never wrote one.
+    state_word: str | None = None
 
     @property
     def queue_state(self) -> str | None:
@@ -45,14 +47,45 @@ class JobView:
 
     @property
     def phase(self) -> str:
-        """What the job is doing now: the events' phase while it runs, else its status."""
+        """What the job is doing now: the events' phase while it runs, else why it ended."""
         if self.status is JobStatus.PENDING:
-            return f"queued ({self.queue_state or 'PENDING'})"
+            # squeue's reason: a wait SLURM will never lift (PartitionNodeLimit) shows here.
+            reason = f": {self.queue.reason}" if self.queue.reason else ""
+            return f"queued ({self.queue_state or 'PENDING'}{reason})"
         if self.status is JobStatus.UNKNOWN and self.queue.error:
             return f"unknown ({self.queue.error})"
         if self.status.finished or self.status is JobStatus.UNKNOWN:
-            return str(self.status.value)
+            return self.why or str(self.status.value)
         return self.progress.phase
+
+    @property
+    def why(self) -> str:
+        """One line on why the job ended: its first failure, else SLURM's final word; for an
+        unknown job, SLURM's error or what each source said. '' while it runs."""
+        queue = self.queue
+        if self.status is JobStatus.UNKNOWN:
+            if queue.error:
+                return queue.error
+            if queue.forgotten:
+                return (f"no source knows the job ({queue.asked}) and it wrote no state file "
+                        f"in {self.record.log_dir}")
+            return ""
+        if not self.status.finished:
+            return ""
+        if self.progress.failures:
+            return self.progress.failures[0]
+        if queue.state is None:
+            return ""
+        # squeue's word on a job just ended (CANCELLED, COMPLETING) has no exit code.
+        words = [queue.state + (f", {_exit_words(queue.exit_code)}"
+                                if queue.exit_code not in ("", "0:0") else "")]
+        if self.state_word is None:
+            words.append(" before the script ran")
+        if queue.reason and queue.reason != "NonZeroExitCode":  # the exit code says it
+            words.append(f", reason {queue.reason}")
+        if self.status is JobStatus.FAILED or self.state_word is None:
+            words.append(f": see the driver log {self.record.driver_log}")
+        return "".join(words)
 
     @property
     def url(self) -> str | None:
@@ -76,8 +109,9 @@ class JobView:
             "queue_state": self.queue_state,
             "queue": {"source": self.queue.source, "state": self.queue.state,
                       "exit_code": self.queue.exit_code, "reason": self.queue.reason,
-                      "error": self.queue.error},
+                      "error": self.queue.error, "asked": self.queue.asked},
             "phase": self.phase,
+            "why": self.why,
             "url": self.url,
             "replicas": self.replicas,
             "endpoint": self.endpoint,
@@ -99,10 +133,10 @@ class JobView:
                   f"{replica.get('url')} nodes {replica.get('nodes')}" for replica in self.replicas]
         if self.progress.staging and self.progress.staging != self.phase:
             lines.append(f"  {self.progress.staging}")
-        if self.queue.source == "sacct":
+        if self.queue.ended:
             lines.append(f"  SLURM: {self.queue.state} exit {self.queue.exit_code or '-'}"
                          + (f" reason {self.queue.reason}" if self.queue.reason else ""))
-        lines += [f"  {failure}" for failure in self.progress.failures]
+        lines += [f"  {failure}" for failure in self.progress.failures if failure != self.phase]
         return "\n".join(lines)
 
     def ready_text(self) -> str:
@@ -130,9 +164,21 @@ class JobView:
 
     def outcome_text(self) -> str:
         """What `submit` prints when following ends before the job serves."""
+        # Why it ended; where following stopped first (--timeout), what it was doing.
+        why = self.why or ("" if self.status.finished else self.phase)
+        later = [line for line in self.progress.failures if line != why]
         return "\n".join([f"job {self.record.ref} {self.status.value}"
-                          + (f" ({self.queue.error})" if self.queue.error else ""),
-                          *self.progress.failures, f"driver log: {self.record.driver_log}"])
+                          + (f": {why}" if why else ""),
+                          *later, *([] if self.record.driver_log in why else
+                                    [f"driver log: {self.record.driver_log}"])])
+
+
+def _exit_words(exit_code: str) -> str:
+    """SLURM's ExitCode CODE:SIGNAL in words: 'exit 127', 'signal 9', or 'exit -'."""
+    code, _, signal = exit_code.partition(":")
+    if signal and signal != "0":
+        return f"signal {signal}"
+    return f"exit {code or '-'}"
 
 
 def phase_printer(stream: TextIO, clock: Clock = SYSTEM_CLOCK) -> Callable[[JobView], None]:

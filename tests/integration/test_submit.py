@@ -181,3 +181,70 @@ def test_requeue_on_time_limit_and_endpoint_follows(sandbox: SandboxInfo,
     finally:
         _cli("cancel", job_id, env=cli_env)
     assert job_containers(sandbox, job_id) == {node: [] for node in sandbox.nodes}
+
+
+def test_a_job_whose_python_the_nodes_lack_ends_the_follow_with_why(
+        sandbox: SandboxInfo, cli_env: dict[str, str], model_dir: Path, tmp_path: Path) -> None:
+    from slurm_sglang.sandbox.layout import NODE_PRIVATE_DIRS
+
+    # The submitting venv reached through a path under /tmp, which each node has its own of:
+    # submitit's batch shell cannot exec that python there (exit 127), and no state file, no
+    # accounting (the sandbox keeps none): only slurmctld's record says what happened.
+    assert str(tmp_path).startswith("/tmp/") and "/tmp" in NODE_PRIVATE_DIRS
+    venv = tmp_path / "venv"
+    venv.symlink_to(sys.prefix)
+    done = subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "slurm_sglang", "submit", "--cluster",
+         str(sandbox.profile_path), "--nodes", "1", "--timeout", "120", "--",
+         "--model-path", str(model_dir)],
+        capture_output=True, text=True, env=cli_env, timeout=180, check=False)
+    job_id = json.loads(_cli("list", "--json", env=cli_env).stdout)[0]["job_id"]
+    try:
+        why = "FAILED, exit 127 before the script ran: see the driver log "
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert done.stdout.startswith(f"job {job_id} failed: {why}"), done.stdout
+        assert len(done.stdout.splitlines()) == 1, done.stdout
+        status = _cli("status", job_id, env=cli_env)
+        assert status.stdout.startswith(f"job {job_id}: failed ({why}"), status.stdout
+        assert "SLURM: FAILED exit 127:0" in status.stdout
+    finally:
+        _cli("cancel", job_id, env=cli_env)
+
+
+def test_gpus_the_node_refuses_are_the_failure_submit_and_status_show(
+        sandbox: SandboxInfo, cli_env: dict[str, str], model_dir: Path) -> None:
+    done = _cli("submit", "--cluster", str(sandbox.profile_path), "--nodes", "1", "--env",
+                "GPUS=9", "--", "--model-path", str(model_dir), env=cli_env)
+    job_id = json.loads(_cli("list", "--json", env=cli_env).stdout)[0]["job_id"]
+    try:
+        refused = "GPUS refused: GPUS=9 names GPU 9, which SLURM did not grant"
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert done.stdout.startswith(f"job {job_id} failed: "), done.stdout
+        assert refused in done.stdout.splitlines()[0]
+        status = _cli("status", job_id, env=cli_env)
+        assert refused in status.stdout.splitlines()[0], status.stdout
+        assert json.loads(_cli("status", job_id, "--json", env=cli_env).stdout)["why"].endswith(
+            done.stdout.splitlines()[0].split(": ", 1)[1])
+    finally:
+        _cli("cancel", job_id, env=cli_env)
+
+
+def test_a_pending_job_shows_why_it_waits_then_why_it_ended(
+        sandbox: SandboxInfo, cli_env: dict[str, str], model_dir: Path) -> None:
+    # One node more than the partition has: SLURM takes the job but will never start it.
+    nodes = str(len(sandbox.nodes) + 1)
+    done = _cli("submit", "--cluster", str(sandbox.profile_path), "--nodes", nodes,
+                "--no-wait", "--", "--model-path", str(model_dir), "--tp", nodes, env=cli_env)
+    assert done.returncode == 0, done.stderr
+    job_id = done.stdout.strip()
+    try:
+        _wait(lambda: "PartitionNodeLimit" in _cli("status", job_id, env=cli_env).stdout, 60,
+              "squeue's PartitionNodeLimit in status")
+        assert _cli("status", job_id, env=cli_env).stdout.strip() == (
+            f"job {job_id}: pending (queued (PENDING: PartitionNodeLimit))")
+    finally:
+        cancelled = _cli("cancel", job_id, env=cli_env)
+    assert cancelled.returncode == 0, cancelled.stdout + cancelled.stderr
+    status = _cli("status", job_id, env=cli_env).stdout
+    assert status.startswith(f"job {job_id}: stopped (CANCELLED before the script ran, reason "
+                             "PartitionNodeLimit: see the driver log "), status

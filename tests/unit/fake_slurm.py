@@ -57,6 +57,7 @@ class FakeJob:
     reason: str = "None"
     driver_log: Path = Path()
     purged: bool = False  # squeue no longer lists it ("Invalid job id")
+    forgotten: bool = False  # slurmctld dropped it too (MinJobAge after it ended)
     runs: int = 0
     steps: list[tuple[float, str]] = field(default_factory=list)
 
@@ -80,8 +81,8 @@ class FakeSlurm:
         self.nodes = [f"node{index}" for index in range(1, nodes + 1)]
         self.jobs: dict[str, FakeJob] = {}
         self.calls: list[tuple[str, ...]] = []
-        self.failures: dict[str, list[tuple[int, str]]] = {"squeue": [], "sacct": [],
-                                                           "scancel": [], "sbatch": []}
+        self.failures: dict[str, list[tuple[int, str]]] = {
+            "squeue": [], "sacct": [], "scancel": [], "sbatch": [], "scontrol": []}
         self._files = LocalTransport()
         self._next_id = 47
         clock.on_sleep = self.advance
@@ -102,6 +103,17 @@ class FakeSlurm:
         """The job vanishes from the queue without its driver writing anything (a node died)."""
         job = self.jobs[job_id]
         job.state, job.reason, job.exit_code, job.purged, job.steps = state, reason, "0:9", True, []
+
+    def die_before_script(self, job_id: str, code: int = 127) -> None:
+        """The batch shell fails before the driver writes anything (an interpreter the nodes
+        do not have: exit 127): squeue forgets it, only sacct and scontrol know it."""
+        job = self.jobs[job_id]
+        job.state, job.reason, job.exit_code = "FAILED", "NonZeroExitCode", f"{code}:0"
+        job.purged, job.steps = True, []
+
+    def forget(self, job_id: str) -> None:
+        """slurmctld drops the ended job (MinJobAge): only sacct, if any, still knows it."""
+        self.jobs[job_id].forgotten = True
 
     def advance(self, now: float) -> None:
         """Run every step that is due."""
@@ -124,8 +136,10 @@ class FakeSlurm:
         self._write(job, "events.log", f"00:00:00.000 {line}\n", append=True)
 
     def _step(self, job: FakeJob, step: str) -> None:
-        if step == "start":
-            job.state, job.runs = "RUNNING", job.runs + 1
+        if step.startswith("reason:"):
+            job.reason = step.split(":", 1)[1]  # why it still waits, as squeue's %r says
+        elif step == "start":
+            job.state, job.runs, job.reason = "RUNNING", job.runs + 1, "None"
             job.log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._write(job, "events.log", "")
             self._write(job, "state", "starting\n")
@@ -150,6 +164,15 @@ class FakeSlurm:
                 sink.write(f"ready: {url}\n")
         elif step == "fail":
             self._event(job, f"rank-exit node={self.nodes[-1]} rank=1 code=1")
+            self._write(job, "state", "failed\n")
+            job.state, job.exit_code, job.reason = "FAILED", "1:0", "NonZeroExitCode"
+            job.steps = [(self.clock.now + 1.0, "purge")]
+        elif step == "refuse":
+            # A node step refuses the user's GPUS, as node_prepare.sh.j2 does; the driver fails.
+            self._event(job, f"node node={self.nodes[0]} rank=0 ip=10.0.0.1")
+            self._event(job, f"gpus-refused node={self.nodes[0]} rank=0 detail=GPUS=9 names "
+                             "GPU 9, which SLURM did not grant (granted: 0,1)")
+            self._event(job, f"phase-end node={self.nodes[0]} rank=0 name=prepare code=1")
             self._write(job, "state", "failed\n")
             job.state, job.exit_code, job.reason = "FAILED", "1:0", "NonZeroExitCode"
             job.steps = [(self.clock.now + 1.0, "purge")]
@@ -213,7 +236,22 @@ class FakeSlurm:
         job = self.jobs.get(argv[argv.index("-j") + 1])
         if job is None or job.purged:
             return CommandResult(argv, 1, "", "slurm_load_jobs error: Invalid job id specified\n")
-        return CommandResult(argv, 0, f"{job.state}\n", "")
+        fields = {"%T": job.state, "%r": job.reason}
+        return CommandResult(argv, 0, "|".join(
+            fields[word] for word in argv[argv.index("-o") + 1].split("|")) + "\n", "")
+
+    def _cmd_scontrol(self, argv: tuple[str, ...]) -> CommandResult:
+        failed = self._failure(argv)
+        if failed:
+            return failed
+        job = self.jobs.get(argv[-1])
+        if job is None or job.forgotten:
+            return CommandResult(argv, 1, "", "slurm_load_jobs error: Invalid job id specified\n")
+        # As `scontrol show job -o` prints it, trimmed to the fields around the ones read.
+        return CommandResult(argv, 0, (
+            f"JobId={job.job_id} JobName=sglang UserId=u(1000) JobState={job.state} "
+            f"Reason={job.reason} Dependency=(null) ExitCode={job.exit_code} "
+            f"NodeList=node1\n"), "")
 
     def _cmd_scancel(self, argv: tuple[str, ...]) -> CommandResult:
         failed = self._failure(argv)

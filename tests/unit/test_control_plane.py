@@ -53,7 +53,8 @@ def test_follow_gives_up_at_its_timeout_and_returns_the_last_view(slurm: FakeSlu
     record = _submit(slurm)
     view = api.follow(record, timeout=4.0, transport=slurm, clock=clock)
     assert view.status is JobStatus.PREPARING
-    with pytest.raises(api.JobError, match="job login:47 loading; driver log: "):
+    with pytest.raises(api.JobError, match="job login:47 loading: ranks started on 2/2 nodes, "
+                                           "loading the model; driver log: "):
         api.wait_ready(record, timeout=0.1, transport=slurm, clock=clock)
 
 
@@ -126,6 +127,11 @@ def test_without_accounting_a_lost_job_reads_its_own_state_file(tmp_path: Path,
     record = _submit(slurm)
     api.follow(record, transport=slurm, clock=clock)
     slurm.lose("47")
+    # No sacct: slurmctld's own record of the ended job says what happened to it.
+    view = api.job_view(record, slurm, clock=clock)
+    assert (view.status, view.queue.source, view.queue.state) == (
+        JobStatus.FAILED, "scontrol", "NODE_FAIL")
+    slurm.forget("47")
     view = api.job_view(record, slurm, clock=clock)
     # The state file says ready, but a job SLURM forgot runs nowhere.
     assert view.status is JobStatus.STOPPED and view.queue.source == "none"
@@ -222,3 +228,90 @@ def test_each_version_of_the_support_files_keeps_its_own_directory(
     assert second != first and second.parent == first.parent
     assert (second / "slurm-sglang" / "launch_plan.py").read_text().endswith("# newer\n")
     assert not plan_file.read_text().endswith("# newer\n")
+
+
+def test_a_job_that_died_before_its_script_ran_reads_failed_from_scontrol(
+        tmp_path: Path, clock: FakeClock) -> None:
+    # No accounting, no state file: the batch shell could not start the driver (exit 127).
+    slurm = FakeSlurm(tmp_path, clock, accounting=False, life=())
+    record = _submit(slurm)
+    slurm.die_before_script("47")
+    view = api.follow(record, timeout=60, transport=slurm, clock=clock)
+    assert (view.status, view.queue.source, view.queue.exit_code) == (
+        JobStatus.FAILED, "scontrol", "127:0")
+    why = f"FAILED, exit 127 before the script ran: see the driver log {record.driver_log}"
+    assert view.why == why
+    assert view.text().splitlines()[0] == f"job login:47: failed ({why})"
+    assert view.outcome_text() == f"job login:47 failed: {why}"
+    assert ("scontrol", "show", "job", "-o", "47") in slurm.calls
+
+
+def test_a_job_cancelled_while_pending_ends_the_follow_with_why(tmp_path: Path,
+                                                               clock: FakeClock) -> None:
+    slurm = FakeSlurm(tmp_path, clock, accounting=False, life=())
+    record = _submit(slurm)
+    slurm.jobs["47"].reason = "Resources"
+    assert api.job_view(record, slurm, clock=clock).phase == "queued (PENDING: Resources)"
+    slurm.run(["scancel", "47"])
+    view = api.follow(record, timeout=60, transport=slurm, clock=clock)
+    # squeue's last word ends the follow; slurmctld's record then adds the exit code.
+    assert view.status is JobStatus.STOPPED and view.queue.state == "CANCELLED"
+    assert view.why == f"CANCELLED before the script ran: see the driver log {record.driver_log}"
+    clock.sleep(1.0)
+    view = api.job_view(record, slurm, clock=clock)
+    assert view.queue.source == "scontrol"
+    assert view.why == ("CANCELLED, signal 15 before the script ran: see the driver log "
+                        f"{record.driver_log}")
+
+
+def test_a_job_no_source_knows_is_unknown_naming_the_sources_and_not_followed_forever(
+        tmp_path: Path, clock: FakeClock) -> None:
+    slurm = FakeSlurm(tmp_path, clock, accounting=False, life=())
+    record = _submit(slurm)
+    slurm.die_before_script("47")
+    slurm.forget("47")
+    view = api.follow(record, timeout=60, transport=slurm, clock=clock)
+    assert view.status is JobStatus.UNKNOWN and view.queue.forgotten
+    assert view.why == (
+        "no source knows the job (squeue: not listed; sacct: accounting storage is disabled; "
+        "scontrol: no such job (it keeps ended jobs for MinJobAge, 300 s by default)) and it "
+        f"wrote no state file in {record.log_dir}")
+    assert view.outcome_text().startswith(f"job login:47 unknown: {view.why}")
+
+
+def test_a_scontrol_that_fails_is_unknown_with_its_error(tmp_path: Path,
+                                                         clock: FakeClock) -> None:
+    slurm = FakeSlurm(tmp_path, clock, accounting=False, life=())
+    record = _submit(slurm)
+    slurm.die_before_script("47")
+    slurm.fail("scontrol", 4)
+    view = api.job_view(record, slurm, clock=clock)
+    assert view.status is JobStatus.UNKNOWN and not view.queue.forgotten
+    assert view.queue.error.startswith("scontrol failed (exit 1): slurm_load_jobs error: Unable")
+
+
+def test_a_pending_job_shows_squeues_reason_as_it_changes(tmp_path: Path,
+                                                          clock: FakeClock) -> None:
+    slurm = FakeSlurm(tmp_path, clock, life=((1.0, "reason:Priority"), (2.0, "start")))
+    record = _submit(slurm)
+    slurm.jobs["47"].reason = "PartitionNodeLimit"
+    phases: list[str] = []
+    api.follow(record, lambda view: phases.append(view.phase), timeout=1.2, transport=slurm,
+               clock=clock)
+    assert phases == ["queued (PENDING: PartitionNodeLimit)", "queued (PENDING: Priority)"]
+    clock.sleep(1.0)
+    assert api.job_view(record, slurm, clock=clock).to_dict()["queue"] == {
+        "source": "squeue", "state": "RUNNING", "exit_code": "", "reason": "", "error": "",
+        "asked": ""}
+
+
+def test_a_node_refusing_gpus_is_the_failure_submit_and_status_show(tmp_path: Path,
+                                                                    clock: FakeClock) -> None:
+    slurm = FakeSlurm(tmp_path, clock, life=((1.0, "start"), (2.0, "refuse")))
+    record = _submit(slurm)
+    view = api.follow(record, timeout=60, transport=slurm, clock=clock)
+    refused = ("node1: GPUS refused: GPUS=9 names GPU 9, which SLURM did not grant "
+               "(granted: 0,1)")
+    assert view.status is JobStatus.FAILED and view.why == refused
+    assert view.text().splitlines()[0] == f"job login:47: failed ({refused})"
+    assert view.outcome_text().splitlines()[0] == f"job login:47 failed: {refused}"

@@ -132,3 +132,33 @@ def test_host_job_ids_keep_a_local_and_a_remote_job_apart(
         find_record("47")
     with pytest.raises(UserInputError, match="job other:48: not recorded"):
         find_record("other:48")
+
+
+def test_every_failure_event_the_driver_writes_is_a_failure_line() -> None:
+    # The events templates/partials/driver.sh.j2's on_event takes for failures, in its words.
+    text = (
+        "10:00:00.000 gpus-refused node=sbn1 rank=0 detail=GPUS=9 names GPU 9, which SLURM "
+        "did not grant\n"
+        "10:00:00.100 preflight-nccl node=sbn1 rank=0 code=1 detail=all_reduce hung\n"
+        "10:00:00.150 preflight-nccl node=sbn2 rank=1 code=0 detail=passed\n"
+        "10:00:01.000 health-timeout node=sbn2 rank=1 seconds=600\n"
+        "10:00:01.100 rank-exit node=sbn2 rank=1 code=137 at=5\n"
+        "10:00:02.000 lost node=sbn3 rank=2\n"
+        "10:00:02.100 router-exit node=sbn1 rank=0 code=3\n"
+        "10:00:02.200 replica-failed node=sbn1 rank=0 replica=1 reason=exit-on-replica-failure "
+        "code=1\n"
+        "10:00:02.300 replica-failed node=sbn4 rank=3 replica=2 reason=restarts-exhausted "
+        "restarts=2\n"
+        "10:00:03.000 sweep lost=sbn3\n"
+        "10:00:03.100 rank-exit node=sbn1 rank=0 code=143 at=9\n"
+        "10:00:03.200 step-ended name=ranks code=1\n")
+    assert read_progress(text).failures == [
+        "sbn1: GPUS refused: GPUS=9 names GPU 9, which SLURM did not grant",
+        "sbn1: NCCL check failed (code 1): all_reduce hung",
+        "sbn2 (rank 1): /health not 200 after 600 s",
+        "rank 2 on sbn3: lost (SLURM says its node is gone)",
+        "the router on sbn1 exited with code 3",
+        "replica 1 failed on sbn1 (exit code 1); --exit-on-replica-failure ends the job",
+        "replica 2 on sbn4 stays down: it failed again after 2 restart(s)",
+        "rank 0 on sbn1 exited with code 143 (after the cleanup began)",
+    ]
