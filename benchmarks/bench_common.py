@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import random
 import statistics
 import subprocess
 import sys
@@ -140,3 +141,12 @@ def read_counters(path: Path) -> dict[str, float]:
         key, _, value = line.partition(" ")
         values[key.rstrip(":")] = float(value)
     return values
+
+
+def fresh_ports() -> tuple[int, int]:
+    """A random HTTP and dist-init port for one run, below Linux's ephemeral range (32768 on).
+
+    A port in that range can be taken by any outgoing connection before the server binds it,
+    the head's own /health poll included (a TCP self-connect): runs failed on it.
+    """
+    return random.randrange(27000, 32000), random.randrange(20000, 26000)

@@ -43,6 +43,7 @@ from bench_common import (
     REPO,
     UP_HINT,
     describe,
+    fresh_ports,
     machine,
     median,
     node_counts,
@@ -95,7 +96,7 @@ class Bench:
 
     def argv(self, launcher: str, nodes: int) -> list[str]:
         """salloc's argv for one run; the same allocation request for both launchers."""
-        port, dist_port = random.randrange(31000, 39000), random.randrange(40000, 48000)
+        port, dist_port = fresh_ports()
         salloc = ["salloc", "-N", str(nodes), "-p", "sandbox",
                   f"--gpus-per-node={self.sandbox.gpus_per_node}"]
         sglang = ["--model-path", str(self.model), "--tp", str(nodes)]

@@ -25,7 +25,6 @@ import argparse
 import calendar
 import json
 import os
-import random
 import re
 import subprocess
 import sys
@@ -40,6 +39,7 @@ from typing import Any
 from bench_common import (
     UP_HINT,
     describe,
+    fresh_ports,
     machine,
     median,
     node_counts,
@@ -248,10 +248,10 @@ def run_once(sandbox: SandboxInfo, script: Path, nodes: int, load_seconds: float
     }
     # The sandbox shares nodes between jobs (OverSubscribe): ports of our own keep a run clear
     # of other jobs' servers without waiting for whole nodes.
+    port, dist_port = fresh_ports()
     argv = ["salloc", "-N", str(nodes), "-p", "sandbox", *(["--exclusive"] if exclusive else []),
             "bash", str(script), "--model-path", str(model), "--tp", str(nodes),
-            "--port", str(random.randrange(31000, 39000)),
-            "--dist-port", str(random.randrange(40000, 48000))]
+            "--port", str(port), "--dist-port", str(dist_port)]
     process = subprocess.Popen(argv, cwd=sandbox.shared_dir, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, start_new_session=True)
     clock = LineClock(process)
