@@ -32,8 +32,9 @@ from slurm_sglang.render import render_script, support_files
 # followed head log, nodes of unequal CPU counts, a requeued job's own old containers, a stop
 # during the NCCL check called a failure); +4: the driver reads whole lines, woken by ticks
 # (step_ticks), not by read -t, whose timeout loses a byte it was taking under bash 4.4; +1:
-# the staging start time exported for the nodes in the seconds stage_model.py reads.
-SCRIPT_BUDGET = 2260
+# the staging start time exported for the nodes in the seconds stage_model.py reads; -4: the
+# step's grace back inside step_overdue, the one function that gives up on a step.
+SCRIPT_BUDGET = 2256
 # 1,654 -> 1,520: the entry points and flag checks only the package uses moved to
 # sglang_flags.py; then +106 for `publish`, which writes endpoint.json and the Prometheus target
 # files (126 lines of bash and its own JSON escaping gone from the rendering); +6 for publish's
